@@ -1,0 +1,6 @@
+//! Adapters that talk to real services, each behind a cargo feature, each implementing a port
+//! of `roomcast-core`. Nothing here decides behaviour; every adapter must pass the same
+//! port test-suite as its in-memory counterpart.
+
+#[cfg(feature = "sqlite")]
+pub mod sqlite;

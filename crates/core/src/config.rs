@@ -1,0 +1,184 @@
+//! Settings of the domain components, with the defaults the standalone server runs on.
+//!
+//! These are plain serde structs (`deny_unknown_fields`, every field defaulted) that the server's
+//! config file embeds as sections; docs/configuration.md lists every field. Durations carry their
+//! unit in the name (`_ms`, `_s`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ports::Limit;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Heartbeat period told to clients; a connection silent for twice this is closed.
+    pub heartbeat_s: u32,
+    /// A connection must log in within this time.
+    pub login_timeout_s: u32,
+    /// Largest WebSocket message a client may send (bigger: close 1009).
+    pub max_frame_bytes: usize,
+    /// Largest packet body (bigger: `too_large`).
+    pub max_body_bytes: usize,
+    /// Rooms one connection may be in at once.
+    pub max_rooms_per_conn: usize,
+    /// Connections this node accepts at once (more: HTTP 503 on upgrade).
+    pub max_connections: usize,
+    /// Bytes queued for a slow reader before its oldest ordinary messages are dropped.
+    pub send_queue_bytes: usize,
+    /// A reader that stays behind for this long (or needs more than four times
+    /// `send_queue_bytes` of messages that cannot be dropped) is disconnected.
+    pub slow_reader_timeout_s: u32,
+    /// Malformed requests tolerated per 10 seconds before the connection is closed.
+    pub max_errors_per_10s: u32,
+    /// Online counts are pushed at most this often per room.
+    pub online_push_interval_ms: u64,
+    /// Rooms with more members than this are fanned out by several tasks in parallel.
+    pub fanout_chunk: usize,
+    /// Time to wait for clients to complete the closing handshake.
+    pub close_grace_ms: u64,
+    /// Kernel send buffer per connection (`SO_SNDBUF`), so that a stalled reader pins at most
+    /// this much kernel memory and the drop-oldest policy takes over; 0 lets the kernel size it
+    /// (up to `net.ipv4.tcp_wmem`, 4 MiB by default).
+    pub socket_send_buffer: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            heartbeat_s: 30,
+            login_timeout_s: 10,
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 4096,
+            max_rooms_per_conn: 16,
+            max_connections: 100_000,
+            send_queue_bytes: 256 * 1024,
+            slow_reader_timeout_s: 30,
+            max_errors_per_10s: 20,
+            online_push_interval_ms: 1000,
+            fanout_chunk: 512,
+            close_grace_ms: 2000,
+            socket_send_buffer: 128 * 1024,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_s.max(1) as u64)
+    }
+
+    /// Presence TTL and silence timeout: twice the heartbeat period.
+    pub fn silence_timeout(&self) -> Duration {
+        self.heartbeat() * 2
+    }
+}
+
+/// A token bucket in the config file.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitConfig {
+    /// Messages per second (0 disables the limit).
+    pub rate: f64,
+    /// Messages that may be sent at once after a quiet period.
+    pub burst: f64,
+}
+
+impl From<LimitConfig> for Limit {
+    fn from(l: LimitConfig) -> Limit {
+        Limit {
+            rate: l.rate,
+            burst: l.burst.max(1.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FilterMode {
+    /// Refuse the message with `content_rejected`.
+    Reject,
+    /// Replace each character of a listed word with `*` and deliver.
+    Mask,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Longest chat text, in characters.
+    pub max_text_chars: usize,
+    /// Per user, across rooms.
+    pub user_limit: LimitConfig,
+    /// Per room, across users.
+    pub room_limit: LimitConfig,
+    /// A word list (one word or phrase per line, `#` comments); empty: no filter.
+    pub words_file: Option<std::path::PathBuf>,
+    pub filter_mode: FilterMode,
+    /// Node number (0–1023) in message ids; give each ingest node its own.
+    pub node_number: u16,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_text_chars: 300,
+            user_limit: LimitConfig {
+                rate: 2.0,
+                burst: 5.0,
+            },
+            room_limit: LimitConfig {
+                rate: 500.0,
+                burst: 1000.0,
+            },
+            words_file: None,
+            filter_mode: FilterMode::Reject,
+            node_number: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Bus partitions (and, in standalone, room worker tasks).
+    pub partitions: usize,
+    /// Messages a partition may hold before publishers wait.
+    pub partition_capacity: usize,
+    /// A room's batch is flushed at this many messages…
+    pub batch_max: usize,
+    /// …or this long after the previous flush (at once when the room was idle).
+    pub batch_window_ms: u64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            partitions: 8,
+            partition_capacity: 8192,
+            batch_max: 128,
+            batch_window_ms: 20,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HistoryConfig {
+    /// Messages returned on join when the client does not say.
+    pub default_count: usize,
+    /// Most messages a join may ask for; also the recovery window.
+    pub max_count: usize,
+    /// Rooms untouched this long drop their in-memory history (it is reloaded from the store).
+    pub idle_evict_s: u64,
+}
+
+impl Default for HistoryConfig {
+    fn default() -> Self {
+        HistoryConfig {
+            default_count: 50,
+            max_count: 200,
+            idle_evict_s: 600,
+        }
+    }
+}

@@ -1,0 +1,612 @@
+//! The gateway: holds client connections, knows which local connections are in which room, and
+//! fans each room batch out to them.
+//!
+//! One call per batch arrives from a room worker ([`Gateway::deliver`]); the batch is encoded
+//! once per wire format and the same frame is written to every member (see [`conn`] for the
+//! write path and [`registry`] for ordering). Requests from clients go through the handler
+//! table in [`session`]. Background duties — heartbeat and login timeouts, slow readers stuck
+//! with no new frames, online-count pushes at most once per interval per room — run in
+//! [`Gateway::run_background`].
+//!
+//! The gateway never decides what a message is allowed to say (that is ingest) nor where it
+//! goes beyond this node (that is the room worker and the route table).
+
+pub mod conn;
+pub mod outgoing;
+pub mod registry;
+pub mod session;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use roomcast_proto::Wire;
+use roomcast_proto::body::Kicked;
+use roomcast_proto::ws::close;
+use tokio::net::TcpStream;
+
+use crate::BoxFut;
+use crate::auth::{AuthError, Identity, JwtAuth};
+use crate::clock::{now_ms, now_s};
+use crate::config::GatewayConfig;
+use crate::history::HistoryReader;
+use crate::ids::{ConnId, NodeId, RoomId, UserId};
+use crate::ingest::Ingest;
+use crate::metrics::Metrics;
+use crate::model::RoomBatch;
+use crate::ports::{Delivery, DeliveryError, Moderation, Presence, RouteTable};
+use crate::shard::Sharded;
+use conn::{Closing, Conn, SendLimits, Sent};
+use outgoing::Outgoing;
+use registry::{Registry, Room, Snapshot};
+pub use session::{Handler, HandlerTable};
+
+/// What the gateway needs from the rest of the system.
+pub struct GatewayDeps {
+    pub node: NodeId,
+    pub auth: Arc<JwtAuth>,
+    pub ingest: Arc<dyn Ingest>,
+    pub history: Arc<dyn HistoryReader>,
+    pub routes: Arc<dyn RouteTable>,
+    pub presence: Arc<dyn Presence>,
+    pub moderation: Arc<dyn Moderation>,
+    pub metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcceptError {
+    #[error("server is shutting down")]
+    ShuttingDown,
+    #[error("connection limit reached")]
+    Full,
+}
+
+pub struct Gateway {
+    cfg: GatewayConfig,
+    deps: GatewayDeps,
+    handlers: HandlerTable,
+    registry: Registry,
+    conns: Sharded<HashMap<ConnId, Arc<Conn>>>,
+    users: Sharded<HashMap<UserId, Vec<Arc<Conn>>>>,
+    next_conn: AtomicU64,
+    conn_count: AtomicUsize,
+    online_dirty: Mutex<HashSet<RoomId>>,
+    started: std::time::Instant,
+    shutting_down: AtomicBool,
+    /// Notified when the last connection ends.
+    all_closed: tokio::sync::Notify,
+    limits: SendLimits,
+}
+
+impl Gateway {
+    pub fn new(cfg: GatewayConfig, deps: GatewayDeps, handlers: HandlerTable) -> Arc<Self> {
+        let limits = SendLimits {
+            queue_bytes: cfg.send_queue_bytes,
+            slow_timeout: Duration::from_secs(cfg.slow_reader_timeout_s as u64),
+        };
+        Arc::new(Gateway {
+            cfg,
+            deps,
+            handlers,
+            registry: Registry::default(),
+            conns: Sharded::new(64),
+            users: Sharded::new(64),
+            next_conn: AtomicU64::new(1),
+            conn_count: AtomicUsize::new(0),
+            online_dirty: Mutex::new(HashSet::new()),
+            started: std::time::Instant::now(),
+            shutting_down: AtomicBool::new(false),
+            all_closed: tokio::sync::Notify::new(),
+            limits,
+        })
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    pub fn deps(&self) -> &GatewayDeps {
+        &self.deps
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.deps.node
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.deps.metrics
+    }
+
+    pub(crate) fn limits(&self) -> &SendLimits {
+        &self.limits
+    }
+
+    /// Milliseconds since the gateway started (the clock of heartbeats and timeouts).
+    pub(crate) fn clock_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.conn_count.load(Relaxed)
+    }
+
+    /// Whether a new connection would be accepted now.
+    pub fn can_accept(&self) -> Result<(), AcceptError> {
+        if self.shutting_down.load(Relaxed) {
+            Err(AcceptError::ShuttingDown)
+        } else if self.connection_count() >= self.cfg.max_connections {
+            Err(AcceptError::Full)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
+        self.deps.auth.verify(token, now_s())
+    }
+
+    /// Takes over an upgraded WebSocket connection. `read_ahead`: bytes already read from the
+    /// socket after the handshake; `identity`: set when the upgrade URL carried a valid token.
+    pub fn accept(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        read_ahead: Bytes,
+        wire: Wire,
+        identity: Option<Identity>,
+    ) -> Result<ConnId, AcceptError> {
+        self.can_accept()?;
+        if self.cfg.socket_send_buffer > 0
+            && let Err(e) =
+                socket2::SockRef::from(&stream).set_send_buffer_size(self.cfg.socket_send_buffer)
+        {
+            tracing::debug!(error = %e, "cannot set the socket send buffer");
+        }
+        let id = ConnId(self.next_conn.fetch_add(1, Relaxed));
+        let conn = Arc::new(Conn::new(id, stream, peer, wire, self.clock_ms()));
+        self.conns.for_index(id.0).lock().insert(id, conn.clone());
+        self.conn_count.fetch_add(1, Relaxed);
+        self.deps.metrics.connections.inc();
+        self.deps.metrics.connections_opened.inc();
+        tokio::spawn(session::run(self.clone(), conn, read_ahead, identity));
+        Ok(id)
+    }
+
+    // ---- membership (used by the session handlers) ------------------------------------------
+
+    pub(crate) fn register_user(&self, user: &UserId, conn: &Arc<Conn>) {
+        let mut shard = self.users.for_key(user).lock();
+        let conns = shard.entry(user.clone()).or_default();
+        if !conns.iter().any(|c| c.id == conn.id) {
+            conns.push(conn.clone());
+        }
+    }
+
+    /// Returns whether that was the user's last connection on this node.
+    fn unregister_user(&self, user: &UserId, conn: &Conn) -> bool {
+        let mut shard = self.users.for_key(user).lock();
+        let Some(conns) = shard.get_mut(user) else {
+            return true;
+        };
+        conns.retain(|c| c.id != conn.id);
+        if conns.is_empty() {
+            shard.remove(user);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// The user's live connections on this node.
+    pub fn user_connections(&self, user: &UserId) -> Vec<Arc<Conn>> {
+        self.users
+            .for_key(user)
+            .lock()
+            .get(user)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn join_room(&self, room: &RoomId, conn: &Arc<Conn>) -> usize {
+        let change = self.registry.add(room, conn);
+        self.deps.metrics.room_memberships.inc();
+        if change.edge {
+            self.deps.metrics.rooms.inc();
+            if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
+                tracing::error!(room = %room, error = %e, "cannot add route");
+            }
+        }
+        self.online_dirty.lock().insert(room.clone());
+        change.members
+    }
+
+    pub(crate) async fn leave_room(&self, room: &RoomId, conn: &Conn) -> bool {
+        let Some(change) = self.registry.remove(room, conn) else {
+            return false;
+        };
+        self.deps.metrics.room_memberships.dec();
+        if change.edge {
+            self.deps.metrics.rooms.dec();
+            if let Err(e) = self.deps.routes.remove(room, &self.deps.node).await {
+                tracing::error!(room = %room, error = %e, "cannot remove route");
+            }
+            // Someone may have joined while the route was being removed.
+            if self.registry.members(room) > 0
+                && let Err(e) = self.deps.routes.add(room, &self.deps.node).await
+            {
+                tracing::error!(room = %room, error = %e, "cannot restore route");
+            }
+        }
+        self.online_dirty.lock().insert(room.clone());
+        true
+    }
+
+    /// Members of a room on this node.
+    pub fn room_members(&self, room: &RoomId) -> usize {
+        self.registry.members(room)
+    }
+
+    /// Local rooms by member count, largest first.
+    pub fn top_rooms(&self, n: usize) -> Vec<(RoomId, usize)> {
+        self.registry.top(n)
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.registry.room_count()
+    }
+
+    /// Called by the session when a connection ends.
+    pub(crate) async fn cleanup(&self, conn: &Arc<Conn>, user: Option<&UserId>, rooms: &[RoomId]) {
+        for room in rooms {
+            self.leave_room(room, conn).await;
+        }
+        if let Some(user) = user
+            && self.unregister_user(user, conn)
+            && let Err(e) = self.deps.presence.remove(user).await
+        {
+            tracing::warn!(user = %user, error = %e, "cannot clear presence");
+        }
+        if self
+            .conns
+            .for_index(conn.id.0)
+            .lock()
+            .remove(&conn.id)
+            .is_some()
+        {
+            if self.conn_count.fetch_sub(1, Relaxed) == 1 {
+                self.all_closed.notify_waiters();
+            }
+            self.deps.metrics.connections.dec();
+        }
+        conn.finish(&self.deps.metrics);
+    }
+
+    // ---- fan-out -----------------------------------------------------------------------------
+
+    /// Hands a room batch to every local member (the `PushRoomMessage` of the design).
+    pub fn deliver(self: &Arc<Self>, batch: Arc<RoomBatch>) {
+        let latency_now = now_ms();
+        for m in &batch.msgs {
+            let ms = latency_now.saturating_sub(m.ts);
+            self.deps
+                .metrics
+                .delivery_latency
+                .observe(ms as f64 / 1000.0);
+        }
+        let room = batch.room.clone();
+        self.publish(&room, Arc::new(Outgoing::batch(batch)));
+    }
+
+    /// Sends something to every local member of a room, in order with everything else sent to
+    /// that room.
+    pub fn publish(self: &Arc<Self>, room: &RoomId, item: Arc<Outgoing>) {
+        let Some(room) = self.registry.get(room) else {
+            return;
+        };
+        {
+            let mut q = room.fanout.lock();
+            if q.busy {
+                q.pending.push(item);
+                return;
+            }
+            q.busy = true;
+        }
+        self.run_fanout(room, vec![item]);
+    }
+
+    /// Writes `items` to the room, then whatever queued up meanwhile, until the queue is empty.
+    /// Small rooms are written inline by the caller; big ones by parallel tasks.
+    fn run_fanout(self: &Arc<Self>, room: Arc<Room>, mut items: Vec<Arc<Outgoing>>) {
+        loop {
+            let snapshot = room.snapshot();
+            if snapshot.len() > self.cfg.fanout_chunk.max(1) {
+                let gw = self.clone();
+                tokio::spawn(async move { gw.fanout_parallel(room, items, snapshot).await });
+                return;
+            }
+            self.write_items(&snapshot, &items);
+            match next_items(&room) {
+                Some(next) => items = next,
+                None => return,
+            }
+        }
+    }
+
+    async fn fanout_parallel(
+        self: Arc<Self>,
+        room: Arc<Room>,
+        mut items: Vec<Arc<Outgoing>>,
+        mut snapshot: Snapshot,
+    ) {
+        let chunk = self.cfg.fanout_chunk.max(1);
+        loop {
+            let shared = Arc::new(items);
+            let mut tasks = Vec::new();
+            let mut start = chunk;
+            while start < snapshot.len() {
+                let end = (start + chunk).min(snapshot.len());
+                let (gw, snap, its) = (self.clone(), snapshot.clone(), shared.clone());
+                tasks.push(tokio::spawn(async move {
+                    gw.write_items(&snap[start..end], &its)
+                }));
+                start = end;
+            }
+            self.write_items(&snapshot[..chunk.min(snapshot.len())], &shared);
+            for t in tasks {
+                let _ = t.await;
+            }
+            match next_items(&room) {
+                Some(next) => items = next,
+                None => return,
+            }
+            snapshot = room.snapshot();
+            if snapshot.len() <= chunk {
+                let gw = self.clone();
+                gw.run_fanout(room, items);
+                return;
+            }
+        }
+    }
+
+    fn write_items(&self, conns: &[Arc<Conn>], items: &[Arc<Outgoing>]) {
+        let metrics = &self.deps.metrics;
+        let mut slow = Vec::new();
+        for conn in conns {
+            let wire = conn.wire();
+            let sent = if items.len() == 1 {
+                conn.send(
+                    items[0].frame(wire),
+                    items[0].droppable,
+                    &self.limits,
+                    metrics,
+                )
+            } else {
+                let frames: Vec<(&Bytes, bool)> =
+                    items.iter().map(|i| (i.frame(wire), i.droppable)).collect();
+                conn.send_many(&frames, &self.limits, metrics)
+            };
+            if sent == Sent::TooSlow {
+                slow.push(conn.clone());
+            }
+        }
+        let n = conns.len() as u64;
+        metrics.frames_out.add(n * items.len() as u64);
+        metrics
+            .deliveries
+            .add(n * items.iter().map(|i| i.message_count() as u64).sum::<u64>());
+        for conn in slow {
+            self.drop_slow(&conn);
+        }
+    }
+
+    fn drop_slow(&self, conn: &Arc<Conn>) {
+        tracing::info!(conn = %conn.id, peer = %conn.peer, "disconnecting a slow reader");
+        self.deps.metrics.slow_disconnects.inc();
+        self.close_conn(
+            conn,
+            close::SLOW_CONSUMER,
+            "slow_consumer",
+            "reading too slowly",
+            true,
+        );
+    }
+
+    /// Closes a connection with a `kicked` notice (for deliberate closes) and a close frame.
+    pub fn close_conn(
+        &self,
+        conn: &Arc<Conn>,
+        code: u16,
+        kicked_code: &str,
+        reason: &str,
+        discard: bool,
+    ) {
+        let notice = roomcast_proto::wire::single_frame(
+            conn.wire(),
+            roomcast_proto::Op::Kicked,
+            0,
+            &Kicked {
+                code: kicked_code.to_owned(),
+                reason: reason.to_owned(),
+            },
+        );
+        conn.close(
+            Closing {
+                code,
+                reason,
+                notice: Some(notice),
+                discard,
+            },
+            &self.limits,
+            &self.deps.metrics,
+            self.clock_ms(),
+        );
+    }
+
+    /// Closes every connection of a user on this node; returns how many.
+    pub fn kick_user(&self, user: &UserId, code: u16, kicked_code: &str, reason: &str) -> usize {
+        let conns = self.user_connections(user);
+        for c in &conns {
+            self.close_conn(c, code, kicked_code, reason, true);
+        }
+        conns.len()
+    }
+
+    fn all_connections(&self) -> Vec<Arc<Conn>> {
+        self.conns
+            .iter()
+            .flat_map(|s| s.lock().values().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    // ---- background duties --------------------------------------------------------------------
+
+    /// Runs timeouts and online pushes until `stop` resolves.
+    pub async fn run_background(self: Arc<Self>, stop: impl std::future::Future<Output = ()>) {
+        let sweep_every =
+            Duration::from_millis((self.cfg.heartbeat().as_millis() as u64 / 4).clamp(50, 1000));
+        let online_every = Duration::from_millis(self.cfg.online_push_interval_ms.max(10));
+        let mut sweep = tokio::time::interval(sweep_every);
+        let mut online = tokio::time::interval(online_every);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        online.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = sweep.tick() => self.sweep(),
+                _ = online.tick() => self.push_online(),
+            }
+        }
+    }
+
+    fn sweep(&self) {
+        let now = self.clock_ms();
+        let now_s = now_s();
+        let silence = self.cfg.silence_timeout().as_millis() as u64;
+        let login = self.cfg.login_timeout_s as u64 * 1000;
+        let grace = self.cfg.close_grace_ms;
+        let slow = self.limits.slow_timeout;
+        for conn in self.all_connections() {
+            let closing_since = conn.closing_since_ms.load(Relaxed);
+            if closing_since != 0 {
+                if now.saturating_sub(closing_since) > grace {
+                    conn.kill();
+                }
+                continue;
+            }
+            let exp = conn.token_exp_s.load(Relaxed);
+            if now.saturating_sub(conn.last_seen_ms()) > silence {
+                self.close_conn(
+                    &conn,
+                    close::HEARTBEAT_TIMEOUT,
+                    "heartbeat_timeout",
+                    "no heartbeat",
+                    true,
+                );
+            } else if exp == 0 && now.saturating_sub(conn.connected_ms) > login {
+                self.close_conn(
+                    &conn,
+                    close::LOGIN_TIMEOUT,
+                    "login_timeout",
+                    "no login",
+                    true,
+                );
+            } else if exp != 0 && exp + crate::auth::LEEWAY_S <= now_s {
+                self.close_conn(
+                    &conn,
+                    close::TOKEN_EXPIRED,
+                    "token_expired",
+                    "token expired; reconnect with a new one",
+                    false,
+                );
+            } else if conn.behind_too_long(slow) {
+                self.drop_slow(&conn);
+            }
+        }
+    }
+
+    fn push_online(self: &Arc<Self>) {
+        let dirty: Vec<RoomId> = std::mem::take(&mut *self.online_dirty.lock())
+            .into_iter()
+            .collect();
+        for room in dirty {
+            let count = self.registry.members(&room);
+            if count > 0 {
+                self.publish(
+                    &room,
+                    Arc::new(Outgoing::online(room.clone(), count as u64)),
+                );
+            }
+        }
+    }
+
+    /// Stops accepting, closes every connection with "going away", and waits for them to end
+    /// (at most `grace`).
+    pub async fn shutdown(&self, grace: Duration) {
+        self.shutting_down.store(true, Relaxed);
+        let conns = self.all_connections();
+        for c in &conns {
+            let closing = Closing {
+                code: close::GOING_AWAY,
+                reason: "server shutting down",
+                notice: None,
+                discard: false,
+            };
+            c.close(closing, &self.limits, &self.deps.metrics, self.clock_ms());
+        }
+        let _ = tokio::time::timeout(grace, async {
+            loop {
+                let closed = self.all_closed.notified();
+                if self.connection_count() == 0 {
+                    return;
+                }
+                closed.await;
+            }
+        })
+        .await;
+        for c in self.all_connections() {
+            c.kill();
+        }
+    }
+}
+
+fn next_items(room: &Room) -> Option<Vec<Arc<Outgoing>>> {
+    let mut q = room.fanout.lock();
+    if q.pending.is_empty() {
+        q.busy = false;
+        None
+    } else {
+        Some(std::mem::take(&mut q.pending))
+    }
+}
+
+/// Delivery to the gateway in this process (standalone).
+pub struct LocalDelivery {
+    gateway: Arc<Gateway>,
+}
+
+impl LocalDelivery {
+    pub fn new(gateway: Arc<Gateway>) -> Self {
+        LocalDelivery { gateway }
+    }
+}
+
+impl Delivery for LocalDelivery {
+    fn deliver(
+        &self,
+        node: &NodeId,
+        batch: Arc<RoomBatch>,
+    ) -> BoxFut<'_, Result<(), DeliveryError>> {
+        let r = if node == self.gateway.node() {
+            self.gateway.deliver(batch);
+            Ok(())
+        } else {
+            Err(DeliveryError::UnknownNode(node.clone()))
+        };
+        Box::pin(std::future::ready(r))
+    }
+}

@@ -1,0 +1,773 @@
+//! A connection's session: the reader task, request decoding, and the handler table.
+//!
+//! The reader task owns what only the connection itself needs (its user, its rooms, its error
+//! budget) and reads only when the socket is readable; the read buffer is allocated while
+//! bytes are being parsed and released when the connection goes idle. Each request is decoded
+//! (binary packets or JSON text), looked up in the `op → handler` table built at start-up, and
+//! answered with the handler's reply or an `error` that echoes the request's `seq`.
+//!
+//! Violations of the WebSocket protocol close the connection with the RFC's close code;
+//! malformed roomcast requests get an `error` reply and count against a budget
+//! (`max_errors_per_10s`), past which the connection is closed with 4005.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use roomcast_proto::body;
+use roomcast_proto::packet::Packets;
+use roomcast_proto::wire::{Body, BodyFormat, decode_body, single_frame};
+use roomcast_proto::ws::{self, Decoder, Message, Opcode, close};
+use roomcast_proto::{Op, text};
+
+use super::Gateway;
+use super::conn::{Closing, Conn};
+use crate::BoxFut;
+use crate::auth::Identity;
+use crate::history::HistoryQuery;
+use crate::ids::{RoomId, UserId};
+use crate::ingest::{ChatRequest, IngestError};
+use crate::model::MsgKind;
+
+/// Machine-readable error codes of the `error` reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    BadRequest,
+    UnknownOp,
+    TooLarge,
+    NotJoined,
+    TooManyRooms,
+    RateLimited,
+    Muted,
+    Banned,
+    ContentRejected,
+    Unavailable,
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        ErrorCode::Unauthenticated,
+        ErrorCode::BadRequest,
+        ErrorCode::UnknownOp,
+        ErrorCode::TooLarge,
+        ErrorCode::NotJoined,
+        ErrorCode::TooManyRooms,
+        ErrorCode::RateLimited,
+        ErrorCode::Muted,
+        ErrorCode::Banned,
+        ErrorCode::ContentRejected,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::TooLarge => "too_large",
+            ErrorCode::NotJoined => "not_joined",
+            ErrorCode::TooManyRooms => "too_many_rooms",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Muted => "muted",
+            ErrorCode::Banned => "banned",
+            ErrorCode::ContentRejected => "content_rejected",
+            ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Internal => "internal",
+        }
+    }
+
+    /// Errors that mean the client sent something malformed (they count against its budget).
+    fn is_malformed(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::BadRequest | ErrorCode::UnknownOp | ErrorCode::TooLarge
+        )
+    }
+}
+
+/// A failed request: the `error` reply to send, and whether to close the connection after it.
+#[derive(Debug, Clone)]
+pub struct ReplyError {
+    pub code: ErrorCode,
+    pub message: String,
+    pub retry_after_ms: Option<u64>,
+    pub room_id: Option<String>,
+    /// Close with this code after replying.
+    pub close: Option<u16>,
+}
+
+impl ReplyError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        ReplyError {
+            code,
+            message: message.into(),
+            retry_after_ms: None,
+            room_id: None,
+            close: None,
+        }
+    }
+
+    fn in_room(mut self, room: &str) -> Self {
+        self.room_id = Some(room.to_owned());
+        self
+    }
+}
+
+/// One decoded request.
+pub struct Request<'a> {
+    pub op: Op,
+    pub seq: u32,
+    pub format: BodyFormat,
+    pub body: &'a [u8],
+}
+
+impl Request<'_> {
+    pub fn decode<T: Body>(&self) -> Result<T, ReplyError> {
+        decode_body(self.format, self.body)
+            .map_err(|e| ReplyError::new(ErrorCode::BadRequest, e.to_string()))
+    }
+}
+
+/// What a connection's own task knows about it.
+#[derive(Default)]
+pub struct Session {
+    pub identity: Option<Identity>,
+    pub rooms: Vec<RoomId>,
+    errors_window_ms: u64,
+    errors: u32,
+    /// Input after a protocol violation is ignored until the peer closes.
+    draining: bool,
+}
+
+impl Session {
+    pub fn user(&self) -> Option<&UserId> {
+        self.identity.as_ref().map(|i| &i.user)
+    }
+}
+
+/// Everything a handler may use.
+pub struct Ctx<'a> {
+    pub gw: &'a Arc<Gateway>,
+    pub conn: &'a Arc<Conn>,
+    pub session: &'a mut Session,
+}
+
+impl Ctx<'_> {
+    /// Sends a reply (or any frame that must not be dropped) to this connection.
+    pub fn reply<T: Body>(&self, op: Op, seq: u32, body: &T) {
+        let frame = single_frame(self.conn.wire(), op, seq, body);
+        self.conn
+            .send(&frame, false, self.gw.limits(), self.gw.metrics());
+    }
+}
+
+pub trait Handler: Send + Sync {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>>;
+}
+
+/// `op → handler`, built once at start-up.
+pub struct HandlerTable {
+    table: Vec<Option<Box<dyn Handler>>>,
+}
+
+impl HandlerTable {
+    pub fn empty() -> Self {
+        HandlerTable {
+            table: (0..64).map(|_| None).collect(),
+        }
+    }
+
+    /// The handlers of the core protocol: login, heartbeat, join, leave, chat. (`ack` is
+    /// registered by the critical-message component.)
+    pub fn standard() -> Self {
+        let mut t = Self::empty();
+        t.register(Op::Login, Box::new(LoginHandler));
+        t.register(Op::Heartbeat, Box::new(HeartbeatHandler));
+        t.register(Op::Join, Box::new(JoinHandler));
+        t.register(Op::Leave, Box::new(LeaveHandler));
+        t.register(Op::Chat, Box::new(ChatHandler));
+        t
+    }
+
+    pub fn register(&mut self, op: Op, handler: Box<dyn Handler>) {
+        assert!(op.is_request(), "only request ops have handlers");
+        self.table[op.code() as usize] = Some(handler);
+    }
+
+    fn get(&self, op: Op) -> Option<&dyn Handler> {
+        self.table.get(op.code() as usize)?.as_deref()
+    }
+}
+
+// ---- the reader task -----------------------------------------------------------------------
+
+/// Read at most this much before parsing, so that one busy connection cannot hog a thread.
+const READ_CHUNK: usize = 64 * 1024;
+
+pub(crate) async fn run(
+    gw: Arc<Gateway>,
+    conn: Arc<Conn>,
+    read_ahead: Bytes,
+    identity: Option<Identity>,
+) {
+    let mut session = Session::default();
+    if let Some(identity) = identity {
+        complete_login(&gw, &conn, &mut session, identity, 0).await;
+    }
+    let mut decoder = Decoder::server(gw.config().max_frame_bytes);
+    let mut buf: Vec<u8> = read_ahead.to_vec();
+    let mut eof = false;
+    loop {
+        if !buf.is_empty() {
+            let (used, stop) = process(&gw, &conn, &mut session, &mut decoder, &mut buf).await;
+            buf.drain(..used);
+            if stop {
+                break;
+            }
+        }
+        if eof {
+            break;
+        }
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = Vec::new();
+        }
+        tokio::select! {
+            r = conn.stream().readable() => if r.is_err() { break },
+            _ = conn.killed() => break,
+        }
+        loop {
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(8192);
+            }
+            match conn.stream().try_read_buf(&mut buf) {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(_) if buf.len() >= READ_CHUNK => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => {
+                    eof = true;
+                    break;
+                }
+            }
+        }
+        conn.touch(gw.clock_ms());
+    }
+    let user = session.user().cloned();
+    gw.cleanup(&conn, user.as_ref(), &session.rooms).await;
+}
+
+/// Handles the complete messages in `buf`; returns the bytes used and whether to stop.
+async fn process(
+    gw: &Arc<Gateway>,
+    conn: &Arc<Conn>,
+    s: &mut Session,
+    decoder: &mut Decoder,
+    buf: &mut [u8],
+) -> (usize, bool) {
+    if s.draining {
+        return (buf.len(), false);
+    }
+    let mut pos = 0;
+    loop {
+        let decoded = match decoder.decode(&mut buf[pos..]) {
+            Ok(d) => d,
+            Err(e) => {
+                gw.metrics().protocol_errors.inc();
+                conn.close(
+                    Closing {
+                        code: e.close_code(),
+                        reason: &e.to_string(),
+                        notice: None,
+                        discard: true,
+                    },
+                    gw.limits(),
+                    gw.metrics(),
+                    gw.clock_ms(),
+                );
+                s.draining = true;
+                return (buf.len(), false);
+            }
+        };
+        pos += decoded.consumed;
+        let Some(message) = decoded.message else {
+            return (pos, false);
+        };
+        match message {
+            Message::Text(t) => {
+                if conn.is_closing() {
+                    continue;
+                }
+                conn.note_frame_type(Opcode::Text);
+                handle_text(gw, conn, s, t).await;
+            }
+            Message::Binary(b) => {
+                if conn.is_closing() {
+                    continue;
+                }
+                conn.note_frame_type(Opcode::Binary);
+                handle_binary(gw, conn, s, b).await;
+            }
+            Message::Ping(p) => {
+                let pong = Bytes::from(ws::server_frame(Opcode::Pong, p));
+                conn.send(&pong, false, gw.limits(), gw.metrics());
+            }
+            Message::Pong(_) => {}
+            Message::Close(c) => {
+                if !conn.is_closing() {
+                    // Echo the peer's code, as the RFC asks.
+                    let code = c.map(|(code, _)| code).unwrap_or(close::NORMAL);
+                    conn.close(
+                        Closing {
+                            code,
+                            reason: "",
+                            notice: None,
+                            discard: false,
+                        },
+                        gw.limits(),
+                        gw.metrics(),
+                        gw.clock_ms(),
+                    );
+                }
+                return (buf.len(), true);
+            }
+        }
+        if s.draining {
+            return (buf.len(), false);
+        }
+    }
+}
+
+async fn handle_binary(gw: &Arc<Gateway>, conn: &Arc<Conn>, s: &mut Session, frame: &[u8]) {
+    let format = conn.body_format();
+    for p in Packets::new(frame, gw.config().max_body_bytes) {
+        match p {
+            Ok(p) => {
+                let Some(op) = Op::from_code(p.op) else {
+                    let e =
+                        ReplyError::new(ErrorCode::UnknownOp, format!("unknown op code {}", p.op));
+                    send_error(gw, conn, s, p.seq, None, e);
+                    continue;
+                };
+                dispatch(
+                    gw,
+                    conn,
+                    s,
+                    Request {
+                        op,
+                        seq: p.seq,
+                        format,
+                        body: p.body,
+                    },
+                )
+                .await;
+            }
+            Err(e) => {
+                let op = match &e {
+                    roomcast_proto::PacketError::TooLarge { op, .. } => Op::from_code(*op),
+                    _ => None,
+                };
+                let code = match e {
+                    roomcast_proto::PacketError::TooLarge { .. } => ErrorCode::TooLarge,
+                    _ => ErrorCode::BadRequest,
+                };
+                send_error(
+                    gw,
+                    conn,
+                    s,
+                    e.seq(),
+                    op,
+                    ReplyError::new(code, e.to_string()),
+                );
+            }
+        }
+        if s.draining || conn.is_closing() {
+            return;
+        }
+    }
+}
+
+async fn handle_text(gw: &Arc<Gateway>, conn: &Arc<Conn>, s: &mut Session, text: &str) {
+    let packets = match text::parse(text) {
+        Ok(p) => p,
+        Err(e) => {
+            send_error(
+                gw,
+                conn,
+                s,
+                0,
+                None,
+                ReplyError::new(ErrorCode::BadRequest, e.to_string()),
+            );
+            return;
+        }
+    };
+    for p in packets {
+        let Some(op) = Op::from_name(&p.op) else {
+            let e = ReplyError::new(ErrorCode::UnknownOp, format!("unknown op {:?}", p.op));
+            send_error(gw, conn, s, p.seq, None, e);
+            continue;
+        };
+        let body = p.body_json();
+        if body.len() > gw.config().max_body_bytes {
+            let e = ReplyError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "packet body of {} bytes exceeds the limit of {}",
+                    body.len(),
+                    gw.config().max_body_bytes
+                ),
+            );
+            send_error(gw, conn, s, p.seq, Some(op), e);
+            continue;
+        }
+        dispatch(
+            gw,
+            conn,
+            s,
+            Request {
+                op,
+                seq: p.seq,
+                format: BodyFormat::Json,
+                body,
+            },
+        )
+        .await;
+        if s.draining || conn.is_closing() {
+            return;
+        }
+    }
+}
+
+async fn dispatch(gw: &Arc<Gateway>, conn: &Arc<Conn>, s: &mut Session, req: Request<'_>) {
+    let (op, seq) = (req.op, req.seq);
+    let handler = if op.is_request() {
+        gw.handlers.get(op)
+    } else {
+        None
+    };
+    let Some(handler) = handler else {
+        let e = ReplyError::new(
+            ErrorCode::UnknownOp,
+            format!("{} is not a request op", op.name()),
+        );
+        send_error(gw, conn, s, seq, Some(op), e);
+        return;
+    };
+    if op != Op::Login && s.identity.is_none() {
+        let e = ReplyError::new(ErrorCode::Unauthenticated, "log in first");
+        send_error(gw, conn, s, seq, Some(op), e);
+        return;
+    }
+    let result = handler
+        .handle(
+            Ctx {
+                gw,
+                conn,
+                session: s,
+            },
+            req,
+        )
+        .await;
+    if let Err(e) = result {
+        send_error(gw, conn, s, seq, Some(op), e);
+    }
+}
+
+fn send_error(
+    gw: &Arc<Gateway>,
+    conn: &Arc<Conn>,
+    s: &mut Session,
+    seq: u32,
+    op: Option<Op>,
+    e: ReplyError,
+) {
+    let frame = single_frame(
+        conn.wire(),
+        Op::Error,
+        seq,
+        &body::Error {
+            code: e.code.as_str().to_owned(),
+            message: e.message.clone(),
+            retry_after_ms: e.retry_after_ms,
+            op: op.map(|o| o.name().to_owned()),
+            room_id: e.room_id.clone(),
+        },
+    );
+    conn.send(&frame, false, gw.limits(), gw.metrics());
+    if let Some(code) = e.close {
+        conn.close(
+            Closing {
+                code,
+                reason: &e.message,
+                notice: None,
+                discard: true,
+            },
+            gw.limits(),
+            gw.metrics(),
+            gw.clock_ms(),
+        );
+        s.draining = true;
+        return;
+    }
+    if e.code.is_malformed() {
+        gw.metrics().protocol_errors.inc();
+        let now = gw.clock_ms();
+        if now.saturating_sub(s.errors_window_ms) > 10_000 {
+            s.errors_window_ms = now;
+            s.errors = 0;
+        }
+        s.errors += 1;
+        if s.errors > gw.config().max_errors_per_10s {
+            gw.close_conn(
+                conn,
+                close::TOO_MANY_ERRORS,
+                "too_many_errors",
+                "too many malformed requests",
+                true,
+            );
+            s.draining = true;
+        }
+    }
+}
+
+// ---- handlers --------------------------------------------------------------------------------
+
+async fn complete_login(
+    gw: &Arc<Gateway>,
+    conn: &Arc<Conn>,
+    s: &mut Session,
+    identity: Identity,
+    seq: u32,
+) {
+    gw.register_user(&identity.user, conn);
+    conn.token_exp_s
+        .store(identity.exp, std::sync::atomic::Ordering::Relaxed);
+    if let Err(e) = gw
+        .deps()
+        .presence
+        .touch(&identity.user, gw.config().silence_timeout())
+        .await
+    {
+        tracing::warn!(user = %identity.user, error = %e, "cannot record presence");
+    }
+    let reply = body::LoginOk {
+        user_id: identity.user.as_str().to_owned(),
+        heartbeat_s: gw.config().heartbeat_s,
+        name: identity.name.as_deref().map(str::to_owned),
+    };
+    s.identity = Some(identity);
+    let frame = single_frame(conn.wire(), Op::LoginOk, seq, &reply);
+    conn.send(&frame, false, gw.limits(), gw.metrics());
+}
+
+struct LoginHandler;
+
+impl Handler for LoginHandler {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
+        Box::pin(async move {
+            let login: body::Login = req.decode()?;
+            let identity = cx
+                .gw
+                .authenticate(&login.token)
+                .map_err(|e| ReplyError::new(ErrorCode::Unauthenticated, e.to_string()))?;
+            if let Some(current) = &cx.session.identity
+                && current.user != identity.user
+            {
+                return Err(ReplyError::new(
+                    ErrorCode::BadRequest,
+                    "already logged in as another user; open a new connection",
+                ));
+            }
+            let banned = cx
+                .gw
+                .deps()
+                .moderation
+                .banned(&identity.user)
+                .await
+                .map_err(|e| ReplyError::new(ErrorCode::Unavailable, e.to_string()))?;
+            if let Some(ban) = banned {
+                return Err(ReplyError {
+                    close: Some(close::BANNED),
+                    ..ReplyError::new(ErrorCode::Banned, format!("banned: {}", ban.reason))
+                });
+            }
+            complete_login(cx.gw, cx.conn, cx.session, identity, req.seq).await;
+            Ok(())
+        })
+    }
+}
+
+struct HeartbeatHandler;
+
+impl Handler for HeartbeatHandler {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
+        Box::pin(async move {
+            let _: body::Heartbeat = req.decode()?;
+            if let Some(user) = cx.session.user()
+                && let Err(e) = cx
+                    .gw
+                    .deps()
+                    .presence
+                    .touch(user, cx.gw.config().silence_timeout())
+                    .await
+            {
+                tracing::warn!(user = %user, error = %e, "cannot refresh presence");
+            }
+            cx.reply(Op::HeartbeatOk, req.seq, &body::HeartbeatOk {});
+            Ok(())
+        })
+    }
+}
+
+fn parse_room(room: &str) -> Result<RoomId, ReplyError> {
+    RoomId::parse(room).map_err(|e| ReplyError::new(ErrorCode::BadRequest, e.to_string()))
+}
+
+struct JoinHandler;
+
+impl Handler for JoinHandler {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
+        Box::pin(async move {
+            let join: body::Join = req.decode()?;
+            let room = parse_room(&join.room_id)?;
+            let already = cx.session.rooms.contains(&room);
+            if !already && cx.session.rooms.len() >= cx.gw.config().max_rooms_per_conn {
+                return Err(ReplyError::new(
+                    ErrorCode::TooManyRooms,
+                    format!(
+                        "a connection may be in at most {} rooms",
+                        cx.gw.config().max_rooms_per_conn
+                    ),
+                )
+                .in_room(room.as_str()));
+            }
+            // Member first, history second: a message flushed in between shows up in both
+            // (clients drop duplicates by seq), never in neither.
+            let online = if already {
+                cx.gw.room_members(&room)
+            } else {
+                cx.session.rooms.push(room.clone());
+                cx.gw.join_room(&room, cx.conn).await
+            };
+            let query = HistoryQuery {
+                limit: join.history,
+                since: join.since.clone(),
+                secs: join.history_secs,
+            };
+            let page = cx
+                .gw
+                .deps()
+                .history
+                .query(&room, &query)
+                .await
+                .map_err(|e| {
+                    ReplyError::new(ErrorCode::Unavailable, format!("history unavailable: {e}"))
+                        .in_room(room.as_str())
+                })?;
+            let reply = body::JoinOk {
+                room_id: room.as_str().to_owned(),
+                online: online as u64,
+                epoch: page.epoch,
+                recovered: page.recovered,
+                history: page.msgs.iter().map(|m| (**m).clone()).collect(),
+                last_seq: page.last_seq,
+            };
+            cx.reply(Op::JoinOk, req.seq, &reply);
+            Ok(())
+        })
+    }
+}
+
+struct LeaveHandler;
+
+impl Handler for LeaveHandler {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
+        Box::pin(async move {
+            let leave: body::Leave = req.decode()?;
+            let room = parse_room(&leave.room_id)?;
+            let Some(i) = cx.session.rooms.iter().position(|r| *r == room) else {
+                return Err(ReplyError::new(ErrorCode::NotJoined, "not in this room")
+                    .in_room(room.as_str()));
+            };
+            cx.session.rooms.swap_remove(i);
+            cx.gw.leave_room(&room, cx.conn).await;
+            cx.reply(
+                Op::LeaveOk,
+                req.seq,
+                &body::LeaveOk {
+                    room_id: leave.room_id,
+                },
+            );
+            Ok(())
+        })
+    }
+}
+
+struct ChatHandler;
+
+impl Handler for ChatHandler {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
+        Box::pin(async move {
+            let chat: body::Chat = req.decode()?;
+            let room = parse_room(&chat.room_id)?;
+            if !cx.session.rooms.contains(&room) {
+                return Err(ReplyError::new(
+                    ErrorCode::NotJoined,
+                    "join the room before sending to it",
+                )
+                .in_room(room.as_str()));
+            }
+            let Some(identity) = cx.session.identity.as_ref() else {
+                return Err(ReplyError::new(ErrorCode::Unauthenticated, "log in first"));
+            };
+            let request = ChatRequest {
+                room,
+                user: identity.user.clone(),
+                name: identity.name.clone(),
+                text: chat.text,
+                kind: MsgKind::Chat,
+                payload: None,
+                trusted: false,
+            };
+            match cx.gw.deps().ingest.submit(request).await {
+                Ok(accepted) => {
+                    cx.reply(
+                        Op::ChatOk,
+                        req.seq,
+                        &body::ChatOk {
+                            msg_id: accepted.msg_id.0,
+                        },
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(ingest_error(e).in_room(&chat.room_id)),
+            }
+        })
+    }
+}
+
+/// The `error` reply for an ingest refusal.
+pub fn ingest_error(e: IngestError) -> ReplyError {
+    let message = e.to_string();
+    match e {
+        IngestError::BadRequest(m) => ReplyError::new(ErrorCode::BadRequest, m),
+        IngestError::RateLimited { retry_after_ms, .. } => ReplyError {
+            retry_after_ms: Some(retry_after_ms),
+            ..ReplyError::new(ErrorCode::RateLimited, message)
+        },
+        IngestError::Muted { until_ms, reason } => ReplyError {
+            retry_after_ms: until_ms.map(|u| u.saturating_sub(crate::clock::now_ms())),
+            ..ReplyError::new(ErrorCode::Muted, format!("muted: {reason}"))
+        },
+        IngestError::Banned { reason, .. } => {
+            ReplyError::new(ErrorCode::Banned, format!("banned: {reason}"))
+        }
+        IngestError::ContentRejected => ReplyError::new(ErrorCode::ContentRejected, message),
+        IngestError::Unavailable(m) => ReplyError::new(ErrorCode::Unavailable, m),
+    }
+}

@@ -1,0 +1,407 @@
+//! Room history: the recent messages of each room and its stream position (`epoch`, `seq`).
+//!
+//! An in-memory ring per room (the last `max_count` messages) answers joins without touching the
+//! store; the ring is filled from the [`MessageStore`] the first time a room is touched after a
+//! start, so history survives restarts. The room worker is the only writer of a room (it assigns
+//! `seq`), the gateway's join the reader.
+//!
+//! Epochs: a room's `seq` is only meaningful within its `epoch`. A room seen for the first time
+//! gets a random epoch; so does every room after a start that followed a crash (the store may
+//! have lost the last messages, so their `seq` values could be handed out again). A clean
+//! restart keeps the epoch, so clients can recover across it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+use roomcast_proto::body::Since;
+use tokio::sync::OnceCell;
+
+use crate::clock::{now_ms, now_s};
+use crate::config::HistoryConfig;
+use crate::ids::RoomId;
+use crate::model::{RoomBatch, RoomMsg};
+use crate::ports::{MessageStore, StoreError};
+use crate::shard::Sharded;
+
+/// What a join asks for.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryQuery {
+    pub limit: Option<u32>,
+    pub since: Option<Since>,
+    pub secs: Option<u32>,
+}
+
+/// What a join gets.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub epoch: u32,
+    pub last_seq: u64,
+    /// Oldest first.
+    pub msgs: Vec<Arc<RoomMsg>>,
+    /// `Some` when the query had `since`: whether `msgs` is exactly what came after it.
+    pub recovered: Option<bool>,
+}
+
+/// Where a gateway reads history for joins: the [`History`] itself in standalone.
+pub trait HistoryReader: Send + Sync {
+    fn query<'a>(
+        &'a self,
+        room: &'a RoomId,
+        q: &'a HistoryQuery,
+    ) -> crate::BoxFut<'a, Result<HistoryPage, StoreError>>;
+}
+
+impl HistoryReader for History {
+    fn query<'a>(
+        &'a self,
+        room: &'a RoomId,
+        q: &'a HistoryQuery,
+    ) -> crate::BoxFut<'a, Result<HistoryPage, StoreError>> {
+        Box::pin(History::query(self, room, q))
+    }
+}
+
+struct RoomHistory {
+    epoch: u32,
+    last_seq: u64,
+    ring: VecDeque<Arc<RoomMsg>>,
+}
+
+#[derive(Default)]
+struct Slot {
+    state: OnceCell<Mutex<RoomHistory>>,
+    last_access_s: AtomicU64,
+}
+
+impl Slot {
+    /// The loaded state; only called on slots returned by [`History::room`].
+    fn lock(&self) -> parking_lot::MutexGuard<'_, RoomHistory> {
+        self.state
+            .get()
+            .expect("room history is loaded before use")
+            .lock()
+    }
+}
+
+pub struct History {
+    cfg: HistoryConfig,
+    store: Arc<dyn MessageStore>,
+    rooms: Sharded<HashMap<RoomId, Arc<Slot>>>,
+    fresh_epochs: bool,
+}
+
+/// A random non-zero epoch.
+pub fn new_epoch() -> u32 {
+    loop {
+        let e = fastrand::u32(..);
+        if e != 0 {
+            return e;
+        }
+    }
+}
+
+impl History {
+    pub fn new(cfg: HistoryConfig, store: Arc<dyn MessageStore>) -> Self {
+        let fresh_epochs = !store.previous_shutdown_clean();
+        History {
+            cfg,
+            store,
+            rooms: Sharded::new(64),
+            fresh_epochs,
+        }
+    }
+
+    pub fn config(&self) -> &HistoryConfig {
+        &self.cfg
+    }
+
+    fn capacity(&self) -> usize {
+        self.cfg.max_count.max(1)
+    }
+
+    /// The room's slot, loaded.
+    async fn room(&self, room: &RoomId) -> Result<Arc<Slot>, StoreError> {
+        let slot = self
+            .rooms
+            .for_key(room)
+            .lock()
+            .entry(room.clone())
+            .or_default()
+            .clone();
+        slot.last_access_s.store(now_s(), Ordering::Relaxed);
+        slot.state
+            .get_or_try_init(|| async {
+                let stored = self.store.load_room(room, self.capacity()).await?;
+                let state = match stored {
+                    None => RoomHistory {
+                        epoch: new_epoch(),
+                        last_seq: 0,
+                        ring: VecDeque::with_capacity(8),
+                    },
+                    Some(s) => {
+                        let ring = s.recent.into_iter().map(Arc::new).collect();
+                        if self.fresh_epochs || s.epoch == 0 {
+                            RoomHistory {
+                                epoch: new_epoch(),
+                                last_seq: 0,
+                                ring,
+                            }
+                        } else {
+                            RoomHistory {
+                                epoch: s.epoch,
+                                last_seq: s.last_seq,
+                                ring,
+                            }
+                        }
+                    }
+                };
+                Ok::<_, StoreError>(Mutex::new(state))
+            })
+            .await?;
+        Ok(slot)
+    }
+
+    /// The room's epoch and last `seq` (loading it if needed).
+    pub async fn cursor(&self, room: &RoomId) -> Result<(u32, u64), StoreError> {
+        let slot = self.room(room).await?;
+        let h = slot.lock();
+        Ok((h.epoch, h.last_seq))
+    }
+
+    /// Records a flushed batch: into the ring at once, into the store in the background (this
+    /// waits only when the store's queue is full).
+    pub async fn append(&self, batch: Arc<RoomBatch>) -> Result<(), StoreError> {
+        {
+            let slot = self.room(&batch.room).await?;
+            let mut h = slot.lock();
+            h.epoch = batch.epoch;
+            h.last_seq = batch.last_seq();
+            let cap = self.capacity();
+            for m in &batch.msgs {
+                if h.ring.len() >= cap {
+                    h.ring.pop_front();
+                }
+                h.ring.push_back(m.clone());
+            }
+        }
+        self.store.append(batch).await
+    }
+
+    /// Answers a join.
+    pub async fn query(&self, room: &RoomId, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
+        let limit = q
+            .limit
+            .map(|l| l as usize)
+            .unwrap_or(self.cfg.default_count)
+            .min(self.cfg.max_count);
+        let slot = self.room(room).await?;
+        let h = slot.lock();
+        let mut recovered = None;
+        if let Some(since) = &q.since {
+            let mut ok = false;
+            if since.epoch == h.epoch && since.seq <= h.last_seq {
+                if since.seq == h.last_seq {
+                    ok = true;
+                } else if let Some(oldest) = h.ring.iter().find(|m| m.epoch == h.epoch) {
+                    ok = oldest.seq <= since.seq + 1;
+                }
+            }
+            recovered = Some(ok);
+            if ok {
+                let msgs = h
+                    .ring
+                    .iter()
+                    .filter(|m| m.epoch == h.epoch && m.seq > since.seq)
+                    .cloned()
+                    .collect();
+                return Ok(HistoryPage {
+                    epoch: h.epoch,
+                    last_seq: h.last_seq,
+                    msgs,
+                    recovered,
+                });
+            }
+        }
+        let min_ts = q
+            .secs
+            .map(|s| now_ms().saturating_sub(s as u64 * 1000))
+            .unwrap_or(0);
+        let skip = h.ring.len().saturating_sub(limit);
+        let msgs = h
+            .ring
+            .iter()
+            .skip(skip)
+            .filter(|m| m.ts >= min_ts)
+            .cloned()
+            .collect();
+        Ok(HistoryPage {
+            epoch: h.epoch,
+            last_seq: h.last_seq,
+            msgs,
+            recovered,
+        })
+    }
+
+    /// Forgets the in-memory history of rooms untouched for `idle_evict_s` (it is reloaded
+    /// from the store on the next touch). Call periodically.
+    pub fn evict_idle(&self) {
+        let cutoff = now_s().saturating_sub(self.cfg.idle_evict_s);
+        for shard in self.rooms.iter() {
+            shard.lock().retain(|_, slot| {
+                Arc::strong_count(slot) > 1 || slot.last_access_s.load(Ordering::Relaxed) >= cutoff
+            });
+        }
+    }
+
+    /// Rooms with history in memory.
+    pub fn rooms_in_memory(&self) -> usize {
+        self.rooms.iter().map(|s| s.lock().len()).sum()
+    }
+
+    pub fn store(&self) -> &Arc<dyn MessageStore> {
+        &self.store
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::MemoryStore;
+
+    fn msg(room: &str, epoch: u32, seq: u64) -> Arc<RoomMsg> {
+        Arc::new(RoomMsg {
+            room_id: room.into(),
+            msg_id: seq,
+            seq,
+            epoch,
+            ts: now_ms(),
+            text: format!("m{seq}"),
+            kind: "chat".into(),
+            ..Default::default()
+        })
+    }
+
+    async fn fill(h: &History, room: &RoomId, n: u64) -> u32 {
+        let (epoch, last) = h.cursor(room).await.unwrap();
+        let msgs = (last + 1..=last + n)
+            .map(|s| msg(room.as_str(), epoch, s))
+            .collect();
+        h.append(Arc::new(RoomBatch {
+            room: room.clone(),
+            epoch,
+            msgs,
+        }))
+        .await
+        .unwrap();
+        epoch
+    }
+
+    fn seqs(p: &HistoryPage) -> Vec<u64> {
+        p.msgs.iter().map(|m| m.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn last_n_and_recovery() {
+        let cfg = HistoryConfig {
+            default_count: 3,
+            max_count: 5,
+            ..Default::default()
+        };
+        let h = History::new(cfg, Arc::new(MemoryStore::new(100)));
+        let r = RoomId::parse("r").unwrap();
+        let epoch = fill(&h, &r, 8).await;
+
+        let p = h.query(&r, &HistoryQuery::default()).await.unwrap();
+        assert_eq!(seqs(&p), [6, 7, 8]);
+        assert_eq!((p.epoch, p.last_seq, p.recovered), (epoch, 8, None));
+
+        let p = h
+            .query(
+                &r,
+                &HistoryQuery {
+                    limit: Some(100),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs(&p), [4, 5, 6, 7, 8], "capped at max_count");
+
+        let since = |seq| HistoryQuery {
+            since: Some(Since { epoch, seq }),
+            ..Default::default()
+        };
+        let p = h.query(&r, &since(5)).await.unwrap();
+        assert_eq!((seqs(&p), p.recovered), (vec![6, 7, 8], Some(true)));
+        let p = h.query(&r, &since(3)).await.unwrap();
+        assert_eq!(
+            (seqs(&p), p.recovered),
+            (vec![4, 5, 6, 7, 8], Some(true)),
+            "4 is the oldest kept"
+        );
+        let p = h.query(&r, &since(8)).await.unwrap();
+        assert_eq!((seqs(&p), p.recovered), (vec![], Some(true)));
+        let p = h.query(&r, &since(2)).await.unwrap();
+        assert_eq!(
+            (seqs(&p), p.recovered),
+            (vec![6, 7, 8], Some(false)),
+            "too old: last N"
+        );
+        let p = h.query(&r, &since(9)).await.unwrap();
+        assert_eq!(p.recovered, Some(false), "from the future");
+        let other = HistoryQuery {
+            since: Some(Since {
+                epoch: epoch ^ 1,
+                seq: 7,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            h.query(&r, &other).await.unwrap().recovered,
+            Some(false),
+            "other epoch"
+        );
+    }
+
+    #[tokio::test]
+    async fn reload_from_store_keeps_the_epoch_after_a_clean_stop() {
+        let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(100));
+        let r = RoomId::parse("r").unwrap();
+        let epoch = {
+            let h = History::new(HistoryConfig::default(), store.clone());
+            fill(&h, &r, 4).await
+        };
+        let h = History::new(HistoryConfig::default(), store);
+        assert_eq!(h.cursor(&r).await.unwrap(), (epoch, 4));
+        let p = h.query(&r, &HistoryQuery::default()).await.unwrap();
+        assert_eq!(seqs(&p), [1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn time_window() {
+        let h = History::new(HistoryConfig::default(), Arc::new(MemoryStore::new(10)));
+        let r = RoomId::parse("r").unwrap();
+        let (epoch, _) = h.cursor(&r).await.unwrap();
+        let mut old = (*msg("r", epoch, 1)).clone();
+        old.ts -= 120_000;
+        let batch = RoomBatch {
+            room: r.clone(),
+            epoch,
+            msgs: vec![Arc::new(old), msg("r", epoch, 2)],
+        };
+        h.append(Arc::new(batch)).await.unwrap();
+        let p = h
+            .query(
+                &r,
+                &HistoryQuery {
+                    secs: Some(60),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(seqs(&p), [2]);
+    }
+}

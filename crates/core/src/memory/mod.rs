@@ -1,0 +1,16 @@
+//! In-process adapters for every port: what the standalone mode runs on, and the reference the
+//! real adapters are tested against.
+
+mod bus;
+mod moderation;
+mod presence;
+mod ratelimit;
+mod routes;
+mod store;
+
+pub use bus::{MemoryBus, MemoryConsumer, partition_of};
+pub use moderation::MemoryModeration;
+pub use presence::MemoryPresence;
+pub use ratelimit::MemoryRateLimiter;
+pub use routes::MemoryRoutes;
+pub use store::MemoryStore;

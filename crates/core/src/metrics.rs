@@ -1,0 +1,331 @@
+//! Process metrics as plain atomics, rendered in the Prometheus text format.
+//!
+//! Hot paths bump a field of a shared struct (one relaxed atomic add, no label lookup, no
+//! allocation); per-connection work is counted once per fan-out, not once per connection.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    #[inline]
+    pub fn inc(&self) {
+        self.0.fetch_add(1, Relaxed);
+    }
+    #[inline]
+    pub fn dec(&self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Relaxed);
+    }
+    pub fn get(&self) -> i64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// Cumulative buckets with fixed upper bounds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Box<[AtomicU64]>,
+    /// Sum in millionths of the unit.
+    sum_micros: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn observe(&self, v: f64) {
+        self.observe_n(v, 1);
+    }
+
+    /// Records `n` observations of the same value.
+    #[inline]
+    pub fn observe_n(&self, v: f64, n: u64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.counts[i].fetch_add(n, Relaxed);
+        }
+        self.sum_micros
+            .fetch_add((v.max(0.0) * 1e6) as u64 * n, Relaxed);
+        self.count.fetch_add(n, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, c) in self.bounds.iter().zip(self.counts.iter()) {
+            cumulative += c.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_micros.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+const LATENCY_S: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0,
+];
+const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
+/// Why a message or a frame was not delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// A slow reader's queue overflowed; the oldest ordinary frames were dropped.
+    SlowReader = 0,
+    /// The connection closed with frames still queued.
+    Closed = 1,
+    /// Refused by the rate limits.
+    RateLimited = 2,
+    /// Refused by the content checks or the word filter.
+    Rejected = 3,
+    /// Refused because the sender is muted or banned.
+    Moderated = 4,
+}
+
+const DROP_REASONS: [(&str, DropReason); 5] = [
+    ("slow_reader", DropReason::SlowReader),
+    ("closed", DropReason::Closed),
+    ("rate_limited", DropReason::RateLimited),
+    ("rejected", DropReason::Rejected),
+    ("moderated", DropReason::Moderated),
+];
+
+/// Everything roomcast counts. One instance per process, shared by all components.
+pub struct Metrics {
+    pub connections: Gauge,
+    pub connections_opened: Counter,
+    pub rooms: Gauge,
+    pub room_memberships: Gauge,
+    pub messages_in: Counter,
+    pub batches: Counter,
+    pub batch_size: Histogram,
+    pub frames_out: Counter,
+    pub deliveries: Counter,
+    pub drops: [Counter; 5],
+    pub slow_disconnects: Counter,
+    pub protocol_errors: Counter,
+    /// From ingest acceptance to the moment the gateway wrote (or queued) the batch.
+    pub delivery_latency: Histogram,
+    pub acks_pending: Gauge,
+    pub ack_retries: Counter,
+    pub ack_failures: Counter,
+    pub acks_received: Counter,
+    pub critical_sent: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            connections: Gauge::default(),
+            connections_opened: Counter::default(),
+            rooms: Gauge::default(),
+            room_memberships: Gauge::default(),
+            messages_in: Counter::default(),
+            batches: Counter::default(),
+            batch_size: Histogram::new(BATCH_SIZES),
+            frames_out: Counter::default(),
+            deliveries: Counter::default(),
+            drops: Default::default(),
+            slow_disconnects: Counter::default(),
+            protocol_errors: Counter::default(),
+            delivery_latency: Histogram::new(LATENCY_S),
+            acks_pending: Gauge::default(),
+            ack_retries: Counter::default(),
+            ack_failures: Counter::default(),
+            acks_received: Counter::default(),
+            critical_sent: Counter::default(),
+        }
+    }
+}
+
+impl Metrics {
+    #[inline]
+    pub fn count_drop(&self, reason: DropReason, n: u64) {
+        self.drops[reason as usize].add(n);
+    }
+
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize].get()
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        let gauge = |o: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut o,
+            "roomcast_connections",
+            "Open WebSocket connections.",
+            self.connections.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_rooms",
+            "Rooms with at least one local member.",
+            self.rooms.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_room_memberships",
+            "Connection-room memberships on this node.",
+            self.room_memberships.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_acks_pending",
+            "Critical messages waiting for an ack.",
+            self.acks_pending.get(),
+        );
+        let counter = |o: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        counter(
+            &mut o,
+            "roomcast_connections_opened_total",
+            "WebSocket connections accepted.",
+            self.connections_opened.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_messages_in_total",
+            "Room messages accepted by ingest.",
+            self.messages_in.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_batches_total",
+            "Room batches flushed by room workers.",
+            self.batches.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_frames_out_total",
+            "WebSocket frames written or queued to connections.",
+            self.frames_out.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_deliveries_total",
+            "Room messages handed to connections (messages x connections).",
+            self.deliveries.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_slow_disconnects_total",
+            "Connections closed for reading too slowly.",
+            self.slow_disconnects.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_protocol_errors_total",
+            "Malformed requests answered with an error.",
+            self.protocol_errors.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_critical_sent_total",
+            "Critical messages sent (first attempts).",
+            self.critical_sent.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_acks_received_total",
+            "Acks received for critical messages.",
+            self.acks_received.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_ack_retries_total",
+            "Critical messages resent for lack of an ack.",
+            self.ack_retries.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_ack_failures_total",
+            "Critical messages given up after the last attempt.",
+            self.ack_failures.get(),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP roomcast_drops_total Messages or frames not delivered, by reason.\n# TYPE roomcast_drops_total counter"
+        );
+        for (name, reason) in DROP_REASONS {
+            let _ = writeln!(
+                o,
+                "roomcast_drops_total{{reason=\"{name}\"}} {}",
+                self.dropped(reason)
+            );
+        }
+        self.batch_size.render(
+            &mut o,
+            "roomcast_batch_size_messages",
+            "Messages per flushed room batch.",
+        );
+        self.delivery_latency.render(
+            &mut o,
+            "roomcast_delivery_latency_seconds",
+            "From ingest acceptance to the write to the connections, per message.",
+        );
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.connections.inc();
+        m.deliveries.add(5);
+        m.count_drop(DropReason::SlowReader, 2);
+        m.delivery_latency.observe_n(0.004, 3);
+        let text = m.render();
+        assert!(text.contains("roomcast_connections 1\n"), "{text}");
+        assert!(text.contains("roomcast_deliveries_total 5\n"));
+        assert!(text.contains("roomcast_drops_total{reason=\"slow_reader\"} 2\n"));
+        assert!(text.contains("roomcast_delivery_latency_seconds_bucket{le=\"0.005\"} 3\n"));
+        assert!(text.contains("roomcast_delivery_latency_seconds_count 3\n"));
+    }
+}

@@ -1,0 +1,176 @@
+//! Ports: the boundaries where the standalone and the distributed mode differ.
+//!
+//! Each port is an object-safe trait used as `Arc<dyn Port>`. The in-memory adapters are in
+//! [`crate::memory`], the real ones in `roomcast-backends`; the composition root in the server is
+//! the only code that knows which is in use. Methods return [`BoxFut`] so that an adapter may do
+//! I/O; in-memory adapters return ready futures.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::BoxFut;
+use crate::ids::{NodeId, RoomId, UserId};
+use crate::model::{InboundMessage, RoomBatch, RoomMsg};
+
+// ---- bus ---------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BusError {
+    #[error("bus is closed")]
+    Closed,
+    #[error("bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The ordered, partitioned log between ingest and room workers (Kafka's shape: a room always
+/// maps to the same partition, so one room's messages stay in order).
+pub trait Bus: Send + Sync {
+    fn publish(&self, msg: InboundMessage) -> BoxFut<'_, Result<(), BusError>>;
+}
+
+/// One consumer of the bus; a room worker owns one.
+pub trait BusConsumer: Send {
+    /// Waits for records and appends at least one to `out`, in order per room.
+    /// `Err(Closed)` once the bus is closed and drained.
+    fn next<'a>(&'a mut self, out: &'a mut Vec<InboundMessage>)
+    -> BoxFut<'a, Result<(), BusError>>;
+}
+
+// ---- routes and presence -----------------------------------------------------------------------
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("route table unavailable: {0}")]
+pub struct RouteError(pub String);
+
+/// `room:subs:{roomId}`: which gateway nodes have members of a room.
+pub trait RouteTable: Send + Sync {
+    fn add(&self, room: &RoomId, node: &NodeId) -> BoxFut<'_, Result<(), RouteError>>;
+    fn remove(&self, room: &RoomId, node: &NodeId) -> BoxFut<'_, Result<(), RouteError>>;
+    fn nodes(&self, room: &RoomId) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>>;
+}
+
+/// `presence:{userId}` with a TTL: who is online.
+pub trait Presence: Send + Sync {
+    fn touch(&self, user: &UserId, ttl: Duration) -> BoxFut<'_, Result<(), RouteError>>;
+    fn remove(&self, user: &UserId) -> BoxFut<'_, Result<(), RouteError>>;
+    fn is_online(&self, user: &UserId) -> BoxFut<'_, Result<bool, RouteError>>;
+}
+
+// ---- delivery ----------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    #[error("gateway node {0} is unknown")]
+    UnknownNode(NodeId),
+    #[error("delivery to {node} failed: {reason}")]
+    Failed { node: NodeId, reason: String },
+}
+
+/// Room worker → gateway node: one call per node per batch (`PushRoomMessage`).
+pub trait Delivery: Send + Sync {
+    fn deliver(
+        &self,
+        node: &NodeId,
+        batch: Arc<RoomBatch>,
+    ) -> BoxFut<'_, Result<(), DeliveryError>>;
+}
+
+// ---- storage -----------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("message store unavailable: {0}")]
+    Unavailable(String),
+    #[error("message store is closed")]
+    Closed,
+}
+
+/// What the store knows of a room when it is first touched after a start.
+#[derive(Debug, Clone, Default)]
+pub struct StoredRoom {
+    pub epoch: u32,
+    pub last_seq: u64,
+    /// The most recent messages, oldest first.
+    pub recent: Vec<RoomMsg>,
+}
+
+/// `room_chat_message` and the per-room stream position.
+pub trait MessageStore: Send + Sync {
+    /// Queues a batch for writing (in order per room). Returns once it is queued, which may wait
+    /// when the store falls behind.
+    fn append(&self, batch: Arc<RoomBatch>) -> BoxFut<'_, Result<(), StoreError>>;
+    /// The room's stream position and last `limit` messages, or `None` for a room never seen.
+    fn load_room(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Option<StoredRoom>, StoreError>>;
+    /// Waits until everything appended so far is durable.
+    fn flush(&self) -> BoxFut<'_, Result<(), StoreError>>;
+    /// Whether the previous run shut down cleanly (all its messages were written). When it did
+    /// not, stream positions cannot be trusted and rooms start new epochs.
+    fn previous_shutdown_clean(&self) -> bool;
+    /// Flushes and records a clean shutdown.
+    fn close(&self) -> BoxFut<'_, Result<(), StoreError>>;
+}
+
+// ---- limits and moderation ---------------------------------------------------------------------
+
+/// A token bucket: `rate` tokens per second, at most `burst` saved up.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limit {
+    pub rate: f64,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("rate limited on {key} for {retry_after:?}")]
+pub struct Limited {
+    /// Index into the keys passed to [`RateLimiter::acquire`].
+    pub index: usize,
+    pub key: String,
+    pub retry_after: Duration,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LimitError {
+    #[error(transparent)]
+    Limited(#[from] Limited),
+    #[error("rate limiter unavailable: {0}")]
+    Unavailable(String),
+}
+
+pub trait RateLimiter: Send + Sync {
+    /// Takes one token from every bucket, or from none of them.
+    fn acquire<'a>(&'a self, keys: &'a [(String, Limit)]) -> BoxFut<'a, Result<(), LimitError>>;
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("moderation store unavailable: {0}")]
+pub struct ModerationError(pub String);
+
+/// A ban or mute: until when (ms since the Unix epoch; `None` = indefinitely) and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Sanction {
+    pub until_ms: Option<u64>,
+    pub reason: String,
+}
+
+/// Bans (global) and mutes (per room), with expiry.
+pub trait Moderation: Send + Sync {
+    fn ban(&self, user: &UserId, sanction: Sanction) -> BoxFut<'_, Result<(), ModerationError>>;
+    fn unban(&self, user: &UserId) -> BoxFut<'_, Result<bool, ModerationError>>;
+    fn banned(&self, user: &UserId) -> BoxFut<'_, Result<Option<Sanction>, ModerationError>>;
+    fn mute(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        sanction: Sanction,
+    ) -> BoxFut<'_, Result<(), ModerationError>>;
+    fn unmute(&self, room: &RoomId, user: &UserId) -> BoxFut<'_, Result<bool, ModerationError>>;
+    fn muted(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+    ) -> BoxFut<'_, Result<Option<Sanction>, ModerationError>>;
+}

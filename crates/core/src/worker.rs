@@ -1,0 +1,373 @@
+//! The room worker: consumes its share of the bus, gives each message its place in the room's
+//! stream (`epoch`, `seq`), gathers a room's messages into batches, records each batch in the
+//! history, and delivers it once to every gateway node that has members of the room.
+//!
+//! Batching: a room's batch is flushed when it reaches `batch_max` messages, or `batch_window`
+//! after the previous flush — and at once when the room was idle (no flush within the last
+//! window), so light traffic gets no added latency while heavy traffic gets few, large frames.
+//!
+//! A room is handled by exactly one worker at a time (the bus maps a room to one partition), so
+//! the worker owns the room's sequence without locks. It never touches connections.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::WorkerConfig;
+use crate::history::{History, new_epoch};
+use crate::ids::RoomId;
+use crate::metrics::Metrics;
+use crate::model::{InboundMessage, RoomBatch, RoomMsg};
+use crate::ports::{BusConsumer, BusError, Delivery, RouteTable};
+
+/// Room state kept by a worker; dropped after this long without messages.
+const ROOM_IDLE_EVICT: Duration = Duration::from_secs(300);
+
+struct RoomState {
+    epoch: u32,
+    next_seq: u64,
+    pending: Vec<Arc<RoomMsg>>,
+    last_flush: Option<Instant>,
+    due: Option<Instant>,
+    touched: Instant,
+}
+
+pub struct RoomWorker {
+    cfg: WorkerConfig,
+    history: Arc<History>,
+    routes: Arc<dyn RouteTable>,
+    delivery: Arc<dyn Delivery>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Default)]
+struct Rooms {
+    state: HashMap<RoomId, RoomState>,
+    timers: BinaryHeap<Reverse<(Instant, RoomId)>>,
+    flush_now: Vec<RoomId>,
+    last_evict: Option<Instant>,
+}
+
+impl RoomWorker {
+    pub fn new(
+        cfg: WorkerConfig,
+        history: Arc<History>,
+        routes: Arc<dyn RouteTable>,
+        delivery: Arc<dyn Delivery>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        RoomWorker {
+            cfg,
+            history,
+            routes,
+            delivery,
+            metrics,
+        }
+    }
+
+    fn window(&self) -> Duration {
+        Duration::from_millis(self.cfg.batch_window_ms)
+    }
+
+    /// Runs until the bus is closed and drained; flushes everything before returning.
+    pub async fn run(&self, mut consumer: Box<dyn BusConsumer>) {
+        let mut rooms = Rooms::default();
+        let mut records = Vec::with_capacity(512);
+        loop {
+            let next_due = rooms.timers.peek().map(|Reverse((t, _))| *t);
+            tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
+                    self.flush_due(&mut rooms).await;
+                }
+                r = consumer.next(&mut records) => match r {
+                    Ok(()) => {
+                        for msg in records.drain(..) {
+                            self.accept(msg, &mut rooms).await;
+                        }
+                        let now_due = std::mem::take(&mut rooms.flush_now);
+                        for room in now_due {
+                            self.flush(&room, &mut rooms).await;
+                        }
+                    }
+                    Err(BusError::Closed) => {
+                        let all: Vec<RoomId> = rooms.state.keys().cloned().collect();
+                        for room in all {
+                            self.flush(&room, &mut rooms).await;
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "bus consumer failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn accept(&self, msg: InboundMessage, rooms: &mut Rooms) {
+        let now = Instant::now();
+        if !rooms.state.contains_key(&msg.room) {
+            let (epoch, last_seq) = match self.history.cursor(&msg.room).await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Keep the room alive; a fresh epoch tells clients the stream restarted.
+                    tracing::error!(room = %msg.room, error = %e, "cannot load room position; starting a new epoch");
+                    (new_epoch(), 0)
+                }
+            };
+            rooms.state.insert(
+                msg.room.clone(),
+                RoomState {
+                    epoch,
+                    next_seq: last_seq + 1,
+                    pending: Vec::new(),
+                    last_flush: None,
+                    due: None,
+                    touched: now,
+                },
+            );
+        }
+        let Some(st) = rooms.state.get_mut(&msg.room) else {
+            return;
+        };
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        st.touched = now;
+        st.pending.push(Arc::new(msg.sequenced(st.epoch, seq)));
+        if st.pending.len() >= self.cfg.batch_max.max(1) {
+            self.flush(&msg.room, rooms).await;
+        } else if st.pending.len() == 1 {
+            match st.last_flush {
+                Some(last) if now < last + self.window() => {
+                    let due = last + self.window();
+                    st.due = Some(due);
+                    rooms.timers.push(Reverse((due, msg.room)));
+                }
+                // Idle room: flush once the records at hand are taken in.
+                _ => rooms.flush_now.push(msg.room),
+            }
+        }
+    }
+
+    async fn flush_due(&self, rooms: &mut Rooms) {
+        let now = Instant::now();
+        while let Some(Reverse((t, _))) = rooms.timers.peek() {
+            if *t > now {
+                break;
+            }
+            let Some(Reverse((t, room))) = rooms.timers.pop() else {
+                break;
+            };
+            // Entries go stale when a room was flushed early (full batch); skip those.
+            if rooms.state.get(&room).is_some_and(|s| s.due == Some(t)) {
+                self.flush(&room, rooms).await;
+            }
+        }
+        if rooms
+            .last_evict
+            .is_none_or(|t| now.duration_since(t) > Duration::from_secs(30))
+        {
+            rooms.last_evict = Some(now);
+            rooms.state.retain(|_, s| {
+                !s.pending.is_empty() || now.duration_since(s.touched) < ROOM_IDLE_EVICT
+            });
+        }
+    }
+
+    async fn flush(&self, room: &RoomId, rooms: &mut Rooms) {
+        let Some(st) = rooms.state.get_mut(room) else {
+            return;
+        };
+        st.due = None;
+        if st.pending.is_empty() {
+            return;
+        }
+        st.last_flush = Some(Instant::now());
+        let batch = Arc::new(RoomBatch {
+            room: room.clone(),
+            epoch: st.epoch,
+            msgs: std::mem::take(&mut st.pending),
+        });
+        self.metrics.batches.inc();
+        self.metrics.batch_size.observe(batch.msgs.len() as f64);
+        if let Err(e) = self.history.append(batch.clone()).await {
+            tracing::error!(room = %room, error = %e, "cannot record batch in history");
+        }
+        match self.routes.nodes(room).await {
+            Ok(nodes) => {
+                for node in nodes {
+                    if let Err(e) = self.delivery.deliver(&node, batch.clone()).await {
+                        tracing::warn!(room = %room, node = %node, error = %e, "delivery failed");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(room = %room, error = %e, "cannot read routes; batch not delivered")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::BoxFut;
+    use crate::config::HistoryConfig;
+    use crate::ids::{MsgId, NodeId, UserId};
+    use crate::memory::{MemoryBus, MemoryRoutes, MemoryStore};
+    use crate::model::MsgKind;
+    use crate::ports::{Bus, DeliveryError};
+    use parking_lot::Mutex;
+    use tokio::sync::mpsc;
+
+    struct Recorder(mpsc::UnboundedSender<(NodeId, Arc<RoomBatch>)>);
+
+    impl Delivery for Recorder {
+        fn deliver(
+            &self,
+            node: &NodeId,
+            batch: Arc<RoomBatch>,
+        ) -> BoxFut<'_, Result<(), DeliveryError>> {
+            let _ = self.0.send((node.clone(), batch));
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    fn msg(room: &str, i: u64) -> InboundMessage {
+        InboundMessage {
+            room: RoomId::parse(room).unwrap(),
+            msg_id: MsgId(i),
+            user: UserId::parse("u").unwrap(),
+            name: None,
+            text: format!("{i}"),
+            kind: MsgKind::Chat,
+            ts: 0,
+            payload: None,
+        }
+    }
+
+    struct Setup {
+        bus: Arc<MemoryBus>,
+        rx: mpsc::UnboundedReceiver<(NodeId, Arc<RoomBatch>)>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn setup(cfg: WorkerConfig, routes: &[(&str, &str)]) -> Setup {
+        let (bus, mut consumers) = MemoryBus::new(1, 1000);
+        let route_table = Arc::new(MemoryRoutes::default());
+        for (room, node) in routes {
+            route_table
+                .add(&RoomId::parse(room).unwrap(), &NodeId::new(node))
+                .await
+                .unwrap();
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let history = Arc::new(History::new(
+            HistoryConfig::default(),
+            Arc::new(MemoryStore::new(100)),
+        ));
+        let worker = RoomWorker::new(
+            cfg,
+            history,
+            route_table,
+            Arc::new(Recorder(tx)),
+            Arc::new(Metrics::default()),
+        );
+        let consumer = consumers.pop().unwrap();
+        let task = tokio::spawn(async move { worker.run(Box::new(consumer)).await });
+        Setup {
+            bus: Arc::new(bus),
+            rx,
+            task,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_room_flushes_at_once_busy_room_batches() {
+        let cfg = WorkerConfig {
+            batch_window_ms: 20,
+            batch_max: 100,
+            ..Default::default()
+        };
+        let mut s = setup(cfg, &[("r", "n1")]).await;
+        let t0 = Instant::now();
+        s.bus.publish(msg("r", 1)).await.unwrap();
+        let (_, b) = s.rx.recv().await.unwrap();
+        assert_eq!(b.msgs.len(), 1);
+        assert_eq!(Instant::now(), t0, "idle room: no added delay");
+
+        // Within the window: held until the window ends, then one batch.
+        for i in 2..=5 {
+            s.bus.publish(msg("r", i)).await.unwrap();
+        }
+        let (_, b) = s.rx.recv().await.unwrap();
+        assert_eq!(
+            b.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            [2, 3, 4, 5]
+        );
+        assert_eq!(Instant::now(), t0 + Duration::from_millis(20));
+        s.bus.close();
+        s.task.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn full_batch_flushes_early_and_only_routed_nodes_get_it() {
+        let cfg = WorkerConfig {
+            batch_window_ms: 1000,
+            batch_max: 3,
+            ..Default::default()
+        };
+        let mut s = setup(cfg, &[("r", "n1"), ("r", "n2"), ("other", "n3")]).await;
+        s.bus.publish(msg("r", 1)).await.unwrap();
+        let (_, first) = s.rx.recv().await.unwrap();
+        let _ = s.rx.recv().await.unwrap();
+        assert_eq!(first.msgs.len(), 1);
+        let t0 = Instant::now();
+        for i in 2..=4 {
+            s.bus.publish(msg("r", i)).await.unwrap();
+        }
+        let got = Mutex::new(Vec::new());
+        for _ in 0..2 {
+            let (node, b) = s.rx.recv().await.unwrap();
+            got.lock().push((
+                node.to_string(),
+                b.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            ));
+        }
+        assert!(
+            Instant::now() < t0 + Duration::from_millis(1000),
+            "flushed at batch_max, not at the window"
+        );
+        let mut got = got.into_inner();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![("n1".into(), vec![2, 3, 4]), ("n2".into(), vec![2, 3, 4])]
+        );
+        s.bus.close();
+        s.task.await.unwrap();
+        assert!(s.rx.try_recv().is_err(), "nothing for n3");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pending_messages_are_flushed_when_the_bus_closes() {
+        let cfg = WorkerConfig {
+            batch_window_ms: 60_000,
+            batch_max: 100,
+            ..Default::default()
+        };
+        let mut s = setup(cfg, &[("r", "n1")]).await;
+        s.bus.publish(msg("r", 1)).await.unwrap();
+        s.rx.recv().await.unwrap();
+        s.bus.publish(msg("r", 2)).await.unwrap();
+        s.bus.close();
+        s.task.await.unwrap();
+        let (_, b) = s.rx.recv().await.unwrap();
+        assert_eq!(b.msgs[0].seq, 2);
+    }
+}

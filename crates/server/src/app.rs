@@ -1,0 +1,264 @@
+//! The composition root: the only place that knows which adapter each port uses.
+//!
+//! [`start`] wires the standalone mode (in-memory bus, routes, presence, limits and moderation;
+//! SQLite or in-memory store), starts the room workers, the gateway's background duties and the
+//! HTTP server, and returns a [`Running`] handle whose [`Running::shutdown`] stops everything in
+//! order: stop accepting, stop taking messages and deliver what is in flight, close every
+//! connection with "going away", flush the store and mark it clean.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
+use roomcast_core::auth::JwtAuth;
+use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, LocalDelivery};
+use roomcast_core::history::History;
+use roomcast_core::ids::NodeId;
+use roomcast_core::ingest::IngestService;
+use roomcast_core::ingest::filter::WordFilter;
+use roomcast_core::memory::{
+    MemoryBus, MemoryModeration, MemoryPresence, MemoryRateLimiter, MemoryRoutes, MemoryStore,
+};
+use roomcast_core::metrics::Metrics;
+use roomcast_core::ports::MessageStore;
+use roomcast_core::worker::RoomWorker;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, StoreUrl};
+use crate::http::{self, HttpState};
+use crate::secret;
+
+/// A started server.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub metrics: Arc<Metrics>,
+    stop_http: watch::Sender<bool>,
+    stop_background: watch::Sender<bool>,
+    http_task: JoinHandle<()>,
+    workers: Vec<JoinHandle<()>>,
+    bus: Arc<MemoryBus>,
+    store: Arc<dyn MessageStore>,
+    grace: Duration,
+    shutting_down: Arc<AtomicBool>,
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Starts the standalone server.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let metrics = Arc::new(Metrics::default());
+    let secret = match &config.auth.jwt_secret {
+        Some(s) if !s.is_empty() => s.clone().into_bytes(),
+        _ => secret::load_or_create(&config.data_dir)?,
+    };
+    let auth = Arc::new(JwtAuth::new(&secret));
+
+    let store: Arc<dyn MessageStore> = match config.store_url()? {
+        StoreUrl::Memory => Arc::new(MemoryStore::new(config.history.max_count)),
+        StoreUrl::Sqlite(path) => {
+            let retention = (config.store.retention_days > 0)
+                .then(|| Duration::from_secs(config.store.retention_days as u64 * 86_400));
+            let opts = SqliteOptions {
+                retention,
+                ..SqliteOptions::default()
+            };
+            Arc::new(
+                SqliteStore::open(&path, opts)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            )
+        }
+    };
+    if !store.previous_shutdown_clean() {
+        tracing::warn!("the previous run did not shut down cleanly; rooms start new epochs");
+    }
+    let history = Arc::new(History::new(config.history.clone(), store.clone()));
+
+    let filter = match &config.ingest.words_file {
+        Some(path) => WordFilter::from_file(path)?,
+        None => WordFilter::empty(),
+    };
+    let (bus, consumers) =
+        MemoryBus::new(config.worker.partitions, config.worker.partition_capacity);
+    let bus = Arc::new(bus);
+    let routes = Arc::new(MemoryRoutes::default());
+    let presence = Arc::new(MemoryPresence::default());
+    let limiter = Arc::new(MemoryRateLimiter::default());
+    let moderation = Arc::new(MemoryModeration::default());
+    let ingest = Arc::new(IngestService::new(
+        config.ingest.clone(),
+        bus.clone(),
+        limiter.clone(),
+        moderation.clone(),
+        filter,
+        metrics.clone(),
+    ));
+
+    let node = NodeId::new(config.node_id());
+    let gateway = Gateway::new(
+        config.gateway.clone(),
+        GatewayDeps {
+            node,
+            auth,
+            ingest,
+            history: history.clone(),
+            routes: routes.clone(),
+            presence: presence.clone(),
+            moderation,
+            metrics: metrics.clone(),
+        },
+        HandlerTable::standard(),
+    );
+    let delivery = Arc::new(LocalDelivery::new(gateway.clone()));
+    let workers = consumers
+        .into_iter()
+        .map(|consumer| {
+            let worker = RoomWorker::new(
+                config.worker.clone(),
+                history.clone(),
+                routes.clone(),
+                delivery.clone(),
+                metrics.clone(),
+            );
+            tokio::spawn(async move { worker.run(Box::new(consumer)).await })
+        })
+        .collect();
+
+    let (stop_background, stop_bg_rx) = watch::channel(false);
+    tokio::spawn(
+        gateway
+            .clone()
+            .run_background(wait_true(stop_bg_rx.clone())),
+    );
+    {
+        // Housekeeping of the in-memory adapters.
+        let (presence, limiter, history) = (presence.clone(), limiter.clone(), history.clone());
+        let max_idle = Duration::from_secs_f64(
+            [config.ingest.user_limit, config.ingest.room_limit]
+                .iter()
+                .map(|l| {
+                    if l.rate > 0.0 {
+                        l.burst.max(1.0) / l.rate
+                    } else {
+                        0.0
+                    }
+                })
+                .fold(1.0, f64::max),
+        );
+        let mut stop = stop_bg_rx;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = stop.wait_for(|v| *v) => return,
+                    _ = tick.tick() => {
+                        presence.sweep();
+                        limiter.sweep(max_idle);
+                        history.evict_idle();
+                    }
+                }
+            }
+        });
+    }
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let ready = {
+        let shutting_down = shutting_down.clone();
+        Arc::new(move || {
+            if shutting_down.load(Ordering::Relaxed) {
+                Err("shutting down".to_owned())
+            } else {
+                Ok(())
+            }
+        })
+    };
+    let app = http::router(Arc::new(HttpState {
+        gateway: gateway.clone(),
+        ready,
+    }));
+    let (stop_http, stop_http_rx) = watch::channel(false);
+    let http_task = tokio::spawn(http::serve(listener, app, wait_true(stop_http_rx)));
+
+    Ok(Running {
+        addr,
+        gateway,
+        metrics,
+        stop_http,
+        stop_background,
+        http_task,
+        workers,
+        bus,
+        store,
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+        shutting_down,
+    })
+}
+
+impl Running {
+    /// Stops everything in order (see the module docs).
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.stop_http.send(true);
+        // No new messages; workers deliver what they hold, then end.
+        self.bus.close();
+        for w in self.workers {
+            let _ = w.await;
+        }
+        self.gateway.shutdown(self.grace).await;
+        let _ = self.stop_background.send(true);
+        let _ = self.http_task.await;
+        self.store
+            .close()
+            .await
+            .context("cannot flush the message store")?;
+        Ok(())
+    }
+}
+
+/// Runs until `stop` resolves, then shuts down.
+pub async fn run(
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+    announce: bool,
+) -> anyhow::Result<()> {
+    let data_dir = config.data_dir.clone();
+    let store = config.store_url()?;
+    let running = start(config).await?;
+    if announce {
+        print_banner(running.addr, &data_dir, &store);
+    }
+    tracing::info!(addr = %running.addr, "roomcast standalone started");
+    stop.await;
+    tracing::info!("shutting down");
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl) {
+    let store = match store {
+        StoreUrl::Memory => "in memory (memory://)".to_owned(),
+        StoreUrl::Sqlite(p) => format!("SQLite {}", p.display()),
+    };
+    println!("roomcast {} (standalone)", env!("CARGO_PKG_VERSION"));
+    println!("  listening on http://{addr}  (WebSocket: ws://{addr}/ws)");
+    println!("  messages: {store}");
+    println!(
+        "  get a token: roomcast token --user alice --data-dir {}",
+        data_dir.display()
+    );
+    println!("    (from a checkout: cargo run --release -- token --user alice)");
+    println!("  stop with Ctrl-C");
+}

@@ -1,0 +1,277 @@
+//! The configuration: one TOML file (optional) → [`Config`], then environment overrides, then
+//! command-line flags. Every field has a default, so the standalone server needs no file.
+//!
+//! Environment overrides: `ROOMCAST_<SECTION>__<KEY>=value` sets `[section] key` (values are
+//! parsed as TOML, falling back to a string), `ROOMCAST_<KEY>` a top-level key; for example
+//! `ROOMCAST_GATEWAY__HEARTBEAT_S=10` or `ROOMCAST_LISTEN=0.0.0.0:8080`. `ROOMCAST_JWT_SECRET`
+//! sets `[auth] jwt_secret`, and `ROOMCAST_LOG` is the log filter (not a config key).
+//! Unknown keys are errors that name the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use roomcast_core::config::{GatewayConfig, HistoryConfig, IngestConfig, WorkerConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// HTTP and WebSocket address.
+    pub listen: SocketAddr,
+    /// Where standalone keeps its SQLite database and generated secret.
+    pub data_dir: PathBuf,
+    /// This node's id in the route table (default: `standalone`).
+    pub node_id: Option<String>,
+    /// `text` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Time given to clients to close, and to the store to flush, at shutdown.
+    pub shutdown_grace_ms: u64,
+    pub auth: AuthConfig,
+    pub store: StoreConfig,
+    pub gateway: GatewayConfig,
+    pub ingest: IngestConfig,
+    pub worker: WorkerConfig,
+    pub history: HistoryConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for client tokens. Unset: standalone generates one in `data_dir/jwt_secret`.
+    pub jwt_secret: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `sqlite://PATH` or `memory://`. Unset: `sqlite://<data_dir>/roomcast.db`.
+    pub url: Option<String>,
+    /// Stored messages are deleted after this many days (0: kept forever).
+    pub retention_days: u32,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            retention_days: 30,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            node_id: None,
+            log_format: LogFormat::Text,
+            shutdown_grace_ms: 5000,
+            auth: AuthConfig::default(),
+            store: StoreConfig::default(),
+            gateway: GatewayConfig::default(),
+            ingest: IngestConfig::default(),
+            worker: WorkerConfig::default(),
+            history: HistoryConfig::default(),
+        }
+    }
+}
+
+/// Which message store the config selects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    Memory,
+    Sqlite(PathBuf),
+}
+
+impl Config {
+    /// Reads the file (if any) and applies the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> anyhow::Result<Config> {
+        let mut root = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                text.parse::<toml::Table>()
+                    .with_context(|| format!("config file {} is not valid TOML", path.display()))?
+            }
+            None => toml::Table::new(),
+        };
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix("ROOMCAST_") else {
+                continue;
+            };
+            let path: Vec<String> = match rest {
+                "LOG" | "CONFIG" => continue,
+                "JWT_SECRET" => vec!["auth".into(), "jwt_secret".into()],
+                _ => rest.split("__").map(|p| p.to_ascii_lowercase()).collect(),
+            };
+            set_path(&mut root, &path, parse_env_value(&value))
+                .with_context(|| format!("environment variable {key}"))?;
+        }
+        let config: Config =
+            serde_path_to_error::deserialize(toml::Value::Table(root)).map_err(|e| {
+                let path = e.path().to_string();
+                anyhow::anyhow!(
+                    "invalid configuration at {path}: {}",
+                    e.into_inner().message().trim()
+                )
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        let g = &self.gateway;
+        if g.max_body_bytes == 0 || g.max_frame_bytes < g.max_body_bytes {
+            bail!(
+                "gateway.max_frame_bytes must be at least gateway.max_body_bytes, which must be positive"
+            );
+        }
+        if g.heartbeat_s == 0 {
+            bail!("gateway.heartbeat_s must be positive");
+        }
+        if self.worker.partitions == 0 || self.worker.partitions > 4096 {
+            bail!("worker.partitions must be between 1 and 4096");
+        }
+        if self.history.max_count == 0 || self.history.default_count > self.history.max_count {
+            bail!(
+                "history.default_count must not exceed history.max_count, which must be positive"
+            );
+        }
+        if self.ingest.node_number > 1023 {
+            bail!("ingest.node_number must be at most 1023");
+        }
+        for (name, l) in [
+            ("ingest.user_limit", self.ingest.user_limit),
+            ("ingest.room_limit", self.ingest.room_limit),
+        ] {
+            if !(l.rate >= 0.0 && l.burst >= 0.0 && l.rate.is_finite() && l.burst.is_finite()) {
+                bail!("{name}: rate and burst must be finite and not negative");
+            }
+        }
+        self.store_url()?;
+        Ok(())
+    }
+
+    pub fn store_url(&self) -> anyhow::Result<StoreUrl> {
+        match &self.store.url {
+            None => Ok(StoreUrl::Sqlite(self.data_dir.join("roomcast.db"))),
+            Some(u) if u == "memory://" => Ok(StoreUrl::Memory),
+            Some(u) => match u.strip_prefix("sqlite://") {
+                Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
+                _ => bail!("store.url {u:?}: expected sqlite://PATH or memory://"),
+            },
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        self.node_id.as_deref().unwrap_or("standalone")
+    }
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    // `key = <raw>` parses numbers, booleans, arrays and inline tables; anything else is a string.
+    format!("v = {raw}")
+        .parse::<toml::Table>()
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_owned()))
+}
+
+fn set_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> anyhow::Result<()> {
+    let Some((last, parents)) = path.split_last() else {
+        bail!("empty key");
+    };
+    let mut table = root;
+    for p in parents {
+        let entry = table
+            .entry(p.clone())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        table = match entry {
+            toml::Value::Table(t) => t,
+            _ => bail!("{p} is not a section"),
+        };
+    }
+    table.insert(last.clone(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn defaults_need_no_file() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(
+            c.store_url().unwrap(),
+            StoreUrl::Sqlite(PathBuf::from("./data/roomcast.db"))
+        );
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"0.0.0.0:9000\"\n[gateway]\nheartbeat_s = 5\n[ingest.user_limit]\nrate = 1.5\nburst = 3\n",
+        )
+        .unwrap();
+        let c = Config::load_with_env(
+            Some(&file),
+            env(&[
+                ("ROOMCAST_GATEWAY__HEARTBEAT_S", "7"),
+                ("ROOMCAST_JWT_SECRET", "s3cret"),
+                ("ROOMCAST_STORE__URL", "memory://"),
+                ("ROOMCAST_LOG", "debug"),
+                ("OTHER", "x"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(c.gateway.heartbeat_s, 7);
+        assert_eq!(c.ingest.user_limit.rate, 1.5);
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
+        assert_eq!(c.store_url().unwrap(), StoreUrl::Memory);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_named() {
+        let e =
+            Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__HEARTBEATS", "1")])).unwrap_err();
+        assert!(format!("{e:#}").contains("heartbeats"), "{e:#}");
+        let e = Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__HEARTBEAT_S", "soon")]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("heartbeat_s"), "{e:#}");
+        let e = Config::load_with_env(None, env(&[("ROOMCAST_STORE__URL", "postgres://x")]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("store.url"), "{e:#}");
+        let e = Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__MAX_FRAME_BYTES", "10")]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("max_frame_bytes"), "{e:#}");
+    }
+}

@@ -1,0 +1,5 @@
+//! `roomcast`: see `roomcast --help`.
+
+fn main() -> std::process::ExitCode {
+    roomcast_server::cli::main()
+}

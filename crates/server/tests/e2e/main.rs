@@ -1,0 +1,12 @@
+//! End-to-end tests: real WebSocket clients against a real server on port 0.
+
+mod common;
+
+mod auth;
+mod history;
+mod lifecycle;
+mod limits;
+mod malformed;
+mod rooms;
+mod slow;
+mod wire;

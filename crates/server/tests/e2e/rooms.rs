@@ -1,0 +1,182 @@
+use roomcast_proto::Op;
+use serde_json::json;
+
+use crate::common::*;
+
+fn raise_limits(c: &mut roomcast_server::config::Config) {
+    c.ingest.user_limit.rate = 0.0;
+    c.ingest.room_limit.rate = 0.0;
+}
+
+#[tokio::test]
+async fn a_chat_reaches_every_member_and_nobody_else() {
+    let s = TestServer::start().await;
+    let mut members = Vec::new();
+    for u in ["a1", "a2", "a3"] {
+        let mut c = s.client(u).await;
+        c.join("room-a").await;
+        members.push(c);
+    }
+    let mut outsider = s.client("b1").await;
+    outsider.join("room-b").await;
+    let deliveries_before = s.running().metrics.deliveries.get();
+
+    let ok = members[0].chat("room-a", "hello room a").await;
+    assert_eq!(ok.op, "chat_ok", "{ok:?}");
+    let msg_id = ok.body["msg_id"].as_str().unwrap().to_owned();
+    for m in &mut members {
+        let got = m.expect("room_msg").await.body;
+        assert_eq!(got["text"], "hello room a");
+        assert_eq!(got["room_id"], "room-a");
+        assert_eq!(got["user_id"], "a1");
+        assert_eq!(got["name"], "a1's name");
+        assert_eq!(got["kind"], "chat");
+        assert_eq!(got["msg_id"], msg_id.as_str());
+        assert_eq!(got["seq"], 1);
+        assert!(got["ts"].as_u64().unwrap() > 1_700_000_000_000);
+    }
+    // Exactly three deliveries were made, and the outsider's next frame is its own reply.
+    assert_eq!(s.running().metrics.deliveries.get() - deliveries_before, 3);
+    let p = outsider.call(Op::Heartbeat, json!({})).await;
+    assert_eq!(p.op, "heartbeat_ok");
+    assert!(
+        outsider.inbox().iter().all(|p| p.op != "room_msg"),
+        "{:?}",
+        outsider.inbox()
+    );
+}
+
+#[tokio::test]
+async fn order_within_a_room_is_the_same_for_everyone() {
+    let s = TestServer::start_with(raise_limits).await;
+    let mut senders = [s.client("s1").await, s.client("s2").await];
+    let mut readers = [s.client("r1").await, s.client("r2").await];
+    for c in senders.iter_mut().chain(readers.iter_mut()) {
+        c.join("ordered").await;
+    }
+    // Two senders interleave without waiting for replies.
+    for i in 0..100 {
+        for (k, c) in senders.iter_mut().enumerate() {
+            c.send(
+                Op::Chat,
+                json!({ "room_id": "ordered", "text": format!("{k}:{i}") }),
+            )
+            .await;
+        }
+    }
+    let mut streams = Vec::new();
+    for c in readers.iter_mut().chain(senders.iter_mut()) {
+        let msgs = c.room_msgs(200).await;
+        let seqs: Vec<u64> = msgs.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(seqs, (1..=200).collect::<Vec<_>>(), "consecutive seq");
+        // Each sender's own messages keep their order.
+        for k in 0..2 {
+            let mine: Vec<String> = msgs
+                .iter()
+                .map(|m| m["text"].as_str().unwrap().to_owned())
+                .filter(|t| t.starts_with(&format!("{k}:")))
+                .collect();
+            let want: Vec<String> = (0..100).map(|i| format!("{k}:{i}")).collect();
+            assert_eq!(mine, want);
+        }
+        streams.push(
+            msgs.iter()
+                .map(|m| m["msg_id"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(
+        streams.windows(2).all(|w| w[0] == w[1]),
+        "everyone sees the same order"
+    );
+}
+
+#[tokio::test]
+async fn several_rooms_on_one_connection() {
+    let s = TestServer::start().await;
+    let mut viewer = s.client("viewer").await;
+    viewer.join("r1").await;
+    viewer.join("r2").await;
+    let mut a = s.client("a").await;
+    a.join("r1").await;
+    let mut b = s.client("b").await;
+    b.join("r2").await;
+
+    a.chat("r1", "in r1").await;
+    b.chat("r2", "in r2").await;
+    let mut got: Vec<(String, String)> = viewer
+        .room_msgs(2)
+        .await
+        .iter()
+        .map(|m| {
+            (
+                m["room_id"].as_str().unwrap().into(),
+                m["text"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [("r1".into(), "in r1".into()), ("r2".into(), "in r2".into())]
+    );
+
+    let p = viewer.call(Op::Leave, json!({ "room_id": "r1" })).await;
+    assert_eq!(
+        (p.op.as_str(), p.body["room_id"].as_str()),
+        ("leave_ok", Some("r1"))
+    );
+    let p = viewer.call(Op::Leave, json!({ "room_id": "r1" })).await;
+    assert_eq!(p.body["code"], "not_joined");
+    let p = viewer.chat("r1", "still here?").await;
+    assert_eq!(p.body["code"], "not_joined");
+    assert_eq!(p.body["room_id"], "r1");
+
+    a.chat("r1", "after leave").await;
+    a.expect("room_msg").await;
+    b.chat("r2", "r2 again").await;
+    let m = viewer.expect("room_msg").await.body;
+    assert_eq!(m["text"], "r2 again", "r1 messages no longer arrive");
+}
+
+#[tokio::test]
+async fn room_limits_per_connection_and_bad_room_ids() {
+    let s = TestServer::start_with(|c| c.gateway.max_rooms_per_conn = 2).await;
+    let mut c = s.client("u").await;
+    c.join("one").await;
+    c.join("two").await;
+    c.join("two").await; // joining again is fine and not counted twice
+    let p = c.call(Op::Join, json!({ "room_id": "three" })).await;
+    assert_eq!(p.body["code"], "too_many_rooms");
+    for bad in ["", "has space", "ü", &"x".repeat(65)] {
+        let p = c.call(Op::Join, json!({ "room_id": bad })).await;
+        assert_eq!(p.body["code"], "bad_request", "{bad:?}: {p:?}");
+        assert!(p.body["message"].as_str().unwrap().contains("room_id"));
+    }
+}
+
+#[tokio::test]
+async fn online_counts_in_join_ok_and_pushed() {
+    let s = TestServer::start_with(|c| c.gateway.online_push_interval_ms = 50).await;
+    let mut first = s.client("first").await;
+    let p = first.join("live").await;
+    assert_eq!(p.body["online"], 1);
+    let mut second = s.client("second").await;
+    let p = second.join("live").await;
+    assert_eq!(p.body["online"], 2);
+    // Pushes carry the current count; wait for the one that says 2.
+    loop {
+        let o = first.expect("online").await.body;
+        assert_eq!(o["room_id"], "live");
+        if o["count"] == 2 {
+            break;
+        }
+    }
+    second.close().await;
+    loop {
+        let o = first.expect("online").await.body;
+        if o["count"] == 1 {
+            break;
+        }
+    }
+}
