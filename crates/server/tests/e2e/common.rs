@@ -295,10 +295,16 @@ impl Client {
     pub async fn ended(&mut self) -> Ended {
         loop {
             match self.read_frame().await {
-                Some(Ok(Message::Close(Some(CloseFrame { code, reason })))) => {
-                    return Ended::Close(code.into(), reason.to_string());
+                Some(Ok(Message::Close(frame))) => {
+                    // Complete the closing handshake (tungstenite queued the echo).
+                    let _ = self.ws.flush().await;
+                    return match frame {
+                        Some(CloseFrame { code, reason }) => {
+                            Ended::Close(code.into(), reason.to_string())
+                        }
+                        None => Ended::Close(1005, String::new()),
+                    };
                 }
-                Some(Ok(Message::Close(None))) => return Ended::Close(1005, String::new()),
                 Some(Ok(m)) => {
                     if let Some(p) = decode(self.wire, &m) {
                         self.inbox.extend(p);

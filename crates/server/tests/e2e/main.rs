@@ -3,6 +3,7 @@
 mod common;
 
 mod auth;
+mod binary;
 mod history;
 mod lifecycle;
 mod limits;
