@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use prost::Message as _;
 use roomcast_proto::body;
 use serde_json::{Value, json};
 

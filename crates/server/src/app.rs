@@ -252,13 +252,14 @@ fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl) {
         StoreUrl::Memory => "in memory (memory://)".to_owned(),
         StoreUrl::Sqlite(p) => format!("SQLite {}", p.display()),
     };
-    println!("roomcast {} (standalone)", env!("CARGO_PKG_VERSION"));
-    println!("  listening on http://{addr}  (WebSocket: ws://{addr}/ws)");
-    println!("  messages: {store}");
-    println!(
-        "  get a token: roomcast token --user alice --data-dir {}",
+    // Written in one go and errors ignored: a closed stdout (a supervisor that stopped
+    // reading) must not take the server down.
+    let text = format!(
+        "roomcast {} (standalone)\n  listening on http://{addr}  (WebSocket: ws://{addr}/ws)\n  messages: {store}\n  get a token: roomcast token --user alice --data-dir {}\n    (from a checkout: cargo run --release -- token --user alice)\n  stop with Ctrl-C\n",
+        env!("CARGO_PKG_VERSION"),
         data_dir.display()
     );
-    println!("    (from a checkout: cargo run --release -- token --user alice)");
-    println!("  stop with Ctrl-C");
+    let mut out = std::io::stdout().lock();
+    let _ = std::io::Write::write_all(&mut out, text.as_bytes());
+    let _ = std::io::Write::flush(&mut out);
 }

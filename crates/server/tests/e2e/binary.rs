@@ -23,10 +23,14 @@ async fn the_binary_serves_and_stops_on_sigterm() {
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let addr = tokio::task::spawn_blocking(move || {
-        for line in BufReader::new(stdout).lines() {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next() {
             let line = line.unwrap();
             if let Some(rest) = line.trim().strip_prefix("listening on http://") {
-                return rest.split_whitespace().next().unwrap().to_owned();
+                let addr = rest.split_whitespace().next().unwrap().to_owned();
+                // Keep reading so the banner's remaining lines never meet a closed pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return addr;
             }
         }
         panic!("the server never said where it listens");

@@ -1,0 +1,624 @@
+//! A lean WebSocket client for load generation: plain TCP, our own framing, and a reader that
+//! extracts only what the measurement needs (a room message's `seq` and the send time at the
+//! start of its text) without decoding whole messages. The load generator's own cost per frame
+//! is part of every number it reports, so it must stay small.
+
+use std::net::{IpAddr, SocketAddr};
+
+use anyhow::{Context, bail};
+use roomcast_proto::packet::{Packets, put_packet};
+use roomcast_proto::ws::{self, Opcode};
+use roomcast_proto::{Op, Wire};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// `ws://host:port/path`.
+#[derive(Debug, Clone)]
+pub struct WsUrl {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+impl std::str::FromStr for WsUrl {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> anyhow::Result<WsUrl> {
+        let rest = s
+            .strip_prefix("ws://")
+            .context("expected ws://HOST:PORT/PATH")?;
+        let (host, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/ws"),
+        };
+        let addr: SocketAddr = host
+            .parse()
+            .with_context(|| format!("{host}: expected an IP address and port"))?;
+        Ok(WsUrl {
+            addr,
+            host: host.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// One room message as the reader sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Seen {
+    pub seq: u64,
+    /// Microseconds since the Unix epoch, from the text's first 16 hex digits (0 if absent).
+    pub sent_us: u64,
+}
+
+pub struct Client {
+    stream: TcpStream,
+    frames: FrameBuf,
+    pub wire: Wire,
+}
+
+/// Received bytes not yet parsed.
+struct FrameBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl FrameBuf {
+    fn new() -> Self {
+        FrameBuf {
+            buf: vec![0; 16 * 1024],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Reads more bytes (growing the buffer when a frame does not fit).
+    async fn fill(&mut self, r: &mut (impl AsyncReadExt + Unpin)) -> anyhow::Result<()> {
+        if self.start > 0 {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.end == self.buf.len() {
+            let n = self.buf.len() * 2;
+            self.buf.resize(n, 0);
+        }
+        let n = r.read(&mut self.buf[self.end..]).await?;
+        if n == 0 {
+            bail!("connection closed by the server");
+        }
+        self.end += n;
+        Ok(())
+    }
+
+    /// Parses the complete frames held; returns whether there was at least one.
+    fn parse(&mut self, wire: Wire, on: &mut impl FnMut(Event<'_>)) -> anyhow::Result<bool> {
+        let mut any = false;
+        loop {
+            let avail = &self.buf[self.start..self.end];
+            let Some(head) = ws::parse_head(avail, false)? else {
+                return Ok(any);
+            };
+            let total = head.header_len + head.len as usize;
+            if avail.len() < total {
+                return Ok(any);
+            }
+            let payload = &avail[head.header_len..total];
+            match head.opcode {
+                Opcode::Binary => {
+                    for p in Packets::new(payload, usize::MAX) {
+                        let p = p?;
+                        let op = Op::from_code(p.op).context("unknown op from server")?;
+                        if op == Op::RoomMsg {
+                            let seen = if wire == Wire::Proto {
+                                scan_proto_room_msg(p.body)
+                            } else {
+                                scan_json_room_msg(p.body)
+                            };
+                            if let Some(s) = seen {
+                                on(Event::RoomMsg(s));
+                            }
+                        } else {
+                            on(Event::Other(op, p.seq, p.body));
+                        }
+                    }
+                }
+                Opcode::Text => scan_text(payload, on),
+                Opcode::Close => {
+                    let code = if payload.len() >= 2 {
+                        u16::from_be_bytes([payload[0], payload[1]])
+                    } else {
+                        1005
+                    };
+                    bail!(
+                        "closed by the server ({code}: {})",
+                        String::from_utf8_lossy(payload.get(2..).unwrap_or(&[]))
+                    );
+                }
+                _ => {}
+            }
+            self.start += total;
+            any = true;
+        }
+    }
+}
+
+/// Parses 16 hex digits.
+fn hex16(b: &[u8]) -> u64 {
+    if b.len() < 16 {
+        return 0;
+    }
+    let mut v = 0u64;
+    for &c in &b[..16] {
+        let d = match c {
+            b'0'..=b'9' => c - b'0',
+            b'a'..=b'f' => c - b'a' + 10,
+            _ => return 0,
+        };
+        v = (v << 4) | d as u64;
+    }
+    v
+}
+
+/// Reads a protobuf varint.
+fn varint(b: &[u8], pos: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    let mut shift = 0;
+    loop {
+        let byte = *b.get(*pos)?;
+        *pos += 1;
+        v |= ((byte & 0x7f) as u64) << shift;
+        if byte & 0x80 == 0 {
+            return Some(v);
+        }
+        shift += 7;
+        if shift > 63 {
+            return None;
+        }
+    }
+}
+
+/// `seq` (field 3) and the text's (field 6) send time of a protobuf `RoomMsg`.
+pub fn scan_proto_room_msg(b: &[u8]) -> Option<Seen> {
+    let mut pos = 0;
+    let mut seq = None;
+    let mut sent_us = 0;
+    while pos < b.len() {
+        let key = varint(b, &mut pos)?;
+        match key & 7 {
+            0 => {
+                let v = varint(b, &mut pos)?;
+                if key >> 3 == 3 {
+                    seq = Some(v);
+                }
+            }
+            2 => {
+                let len = varint(b, &mut pos)? as usize;
+                let end = pos.checked_add(len)?;
+                if key >> 3 == 6 {
+                    sent_us = hex16(b.get(pos..end)?);
+                }
+                pos = end;
+            }
+            5 => pos += 4,
+            1 => pos += 8,
+            _ => return None,
+        }
+    }
+    Some(Seen { seq: seq?, sent_us })
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// `seq` and send time of a JSON `room_msg` body.
+pub fn scan_json_room_msg(b: &[u8]) -> Option<Seen> {
+    let i = find(b, b"\"seq\":")? + 6;
+    let mut seq = 0u64;
+    let mut any = false;
+    for &c in &b[i..] {
+        if c.is_ascii_digit() {
+            seq = seq * 10 + (c - b'0') as u64;
+            any = true;
+        } else {
+            break;
+        }
+    }
+    if !any {
+        return None;
+    }
+    let sent_us = find(b, b"\"text\":\"")
+        .map(|t| hex16(&b[t + 8..]))
+        .unwrap_or(0);
+    Some(Seen { seq, sent_us })
+}
+
+/// A request packet in this client's wire format.
+pub fn request(
+    wire: Wire,
+    op: Op,
+    seq: u32,
+    json_body: &str,
+    proto_body: impl FnOnce(&mut Vec<u8>),
+) -> (Opcode, Vec<u8>) {
+    match wire {
+        Wire::JsonText => (
+            Opcode::Text,
+            format!(
+                "{{\"op\":\"{}\",\"seq\":{seq},\"body\":{json_body}}}",
+                op.name()
+            )
+            .into_bytes(),
+        ),
+        Wire::JsonBinary => {
+            let mut out = Vec::new();
+            let _ = put_packet::<()>(&mut out, op.code(), seq, |b| {
+                b.extend_from_slice(json_body.as_bytes());
+                Ok(())
+            });
+            (Opcode::Binary, out)
+        }
+        Wire::Proto => {
+            let mut out = Vec::new();
+            let _ = put_packet::<()>(&mut out, op.code(), seq, |b| {
+                proto_body(b);
+                Ok(())
+            });
+            (Opcode::Binary, out)
+        }
+    }
+}
+
+/// What a reader got from the server in one frame.
+pub enum Event<'a> {
+    /// A room message.
+    RoomMsg(Seen),
+    /// Any other packet: op, seq, raw body.
+    Other(Op, u32, &'a [u8]),
+}
+
+impl Client {
+    /// Connects, upgrades with `?token=`, and waits for `login_ok`.
+    pub async fn connect(
+        url: &WsUrl,
+        src: Option<IpAddr>,
+        token: &str,
+        wire: Wire,
+    ) -> anyhow::Result<Client> {
+        let socket = if url.addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = src {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .with_context(|| format!("cannot bind to {ip}"))?;
+        }
+        let stream = socket
+            .connect(url.addr)
+            .await
+            .with_context(|| format!("cannot connect to {}", url.addr))?;
+        stream.set_nodelay(true)?;
+        let mut c = Client {
+            stream,
+            frames: FrameBuf::new(),
+            wire,
+        };
+        let protocol = if wire == Wire::Proto {
+            "Sec-WebSocket-Protocol: roomcast.v1.proto\r\n"
+        } else {
+            ""
+        };
+        let req = format!(
+            "GET {}?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: cm9vbWNhc3QtYmVuY2gtMQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
+            url.path, url.host
+        );
+        c.stream.write_all(req.as_bytes()).await?;
+        loop {
+            let f = &mut c.frames;
+            let n = c.stream.read(&mut f.buf[f.end..]).await?;
+            if n == 0 {
+                bail!("server closed the connection during the handshake");
+            }
+            f.end += n;
+            if let Some(i) = find(&f.buf[..f.end], b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&f.buf[..i]).to_string();
+                if !head.starts_with("HTTP/1.1 101") {
+                    bail!("upgrade refused: {}", head.lines().next().unwrap_or(""));
+                }
+                f.start = i + 4;
+                break;
+            }
+            if f.end == f.buf.len() {
+                bail!("handshake response too long");
+            }
+        }
+        let mut logged_in = false;
+        while !logged_in {
+            c.read_some(|e| {
+                if let Event::Other(Op::LoginOk, _, _) = e {
+                    logged_in = true;
+                }
+            })
+            .await?;
+        }
+        Ok(c)
+    }
+
+    pub async fn send(&mut self, opcode: Opcode, payload: &[u8]) -> anyhow::Result<()> {
+        let key = fastrand::u32(..).to_ne_bytes();
+        let frame = ws::client_frame(opcode, payload, key);
+        self.stream.write_all(&frame).await?;
+        Ok(())
+    }
+
+    /// Joins a room and returns its `last_seq` (from the join reply).
+    pub async fn join(&mut self, room: &str, seq: u32) -> anyhow::Result<u64> {
+        let (opcode, payload) = request(
+            self.wire,
+            Op::Join,
+            seq,
+            &format!("{{\"room_id\":\"{room}\",\"history\":0}}"),
+            |b| {
+                // Join { room_id = 1, history = 2 }
+                b.push(0x0a);
+                b.push(room.len() as u8);
+                b.extend_from_slice(room.as_bytes());
+                b.extend_from_slice(&[0x10, 0x00]);
+            },
+        );
+        self.send(opcode, &payload).await?;
+        let wire = self.wire;
+        let mut result: Option<anyhow::Result<u64>> = None;
+        while result.is_none() {
+            self.read_some(|e| {
+                if let Event::Other(op, s, body) = e
+                    && s == seq
+                {
+                    result = Some(match op {
+                        Op::JoinOk => Ok(join_last_seq(wire, body)),
+                        _ => Err(anyhow::anyhow!(
+                            "join {room} failed: {}",
+                            String::from_utf8_lossy(body)
+                        )),
+                    });
+                }
+            })
+            .await?;
+        }
+        result.unwrap_or_else(|| Ok(0))
+    }
+
+    /// Reads whatever arrives next (at least one frame) and reports each packet.
+    pub async fn read_some(&mut self, mut on: impl FnMut(Event<'_>)) -> anyhow::Result<()> {
+        while !self.frames.parse(self.wire, &mut on)? {
+            self.frames.fill(&mut self.stream).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Text frames: one packet or an array of them; room messages are found by their op name.
+fn scan_text(payload: &[u8], on: &mut impl FnMut(Event<'_>)) {
+    let mut rest = payload;
+    while let Some(i) = find(rest, b"{\"op\":\"") {
+        let after = &rest[i + 7..];
+        let Some(end) = after.iter().position(|c| *c == b'"') else {
+            return;
+        };
+        let name = std::str::from_utf8(&after[..end]).unwrap_or("");
+        let next = find(&after[end..], b"{\"op\":\"")
+            .map(|j| end + j)
+            .unwrap_or(after.len());
+        let packet = &after[..next];
+        match Op::from_name(name) {
+            Some(Op::RoomMsg) => {
+                if let Some(s) = scan_json_room_msg(packet) {
+                    on(Event::RoomMsg(s));
+                }
+            }
+            Some(op) => {
+                let seq = find(packet, b"\"seq\":")
+                    .map(|k| {
+                        packet[k + 6..]
+                            .iter()
+                            .take_while(|c| c.is_ascii_digit())
+                            .fold(0u32, |a, c| a * 10 + (c - b'0') as u32)
+                    })
+                    .unwrap_or(0);
+                let body = find(packet, b"\"body\":")
+                    .map(|k| &packet[k + 7..])
+                    .unwrap_or(b"");
+                on(Event::Other(op, seq, body));
+            }
+            None => {}
+        }
+        rest = &after[next..];
+    }
+}
+
+fn join_last_seq(wire: Wire, body: &[u8]) -> u64 {
+    if wire == Wire::Proto {
+        // JoinOk.last_seq is field 6.
+        let mut pos = 0;
+        while pos < body.len() {
+            let Some(key) = varint(body, &mut pos) else {
+                return 0;
+            };
+            match key & 7 {
+                0 => {
+                    let Some(v) = varint(body, &mut pos) else {
+                        return 0;
+                    };
+                    if key >> 3 == 6 {
+                        return v;
+                    }
+                }
+                2 => {
+                    let Some(len) = varint(body, &mut pos) else {
+                        return 0;
+                    };
+                    pos += len as usize;
+                }
+                _ => return 0,
+            }
+        }
+        0
+    } else {
+        find(body, b"\"last_seq\":")
+            .map(|k| {
+                body[k + 11..]
+                    .iter()
+                    .take_while(|c| c.is_ascii_digit())
+                    .fold(0u64, |a, c| a * 10 + (c - b'0') as u64)
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// A chat request carrying the send time in its first 16 characters.
+pub fn chat_packet(
+    wire: Wire,
+    out: &mut Vec<u8>,
+    seq: u32,
+    room: &str,
+    sent_us: u64,
+    payload: usize,
+) {
+    let mut text = format!("{sent_us:016x}");
+    while text.len() < payload.max(16) {
+        text.push('x');
+    }
+    match wire {
+        Wire::JsonText => {
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(
+                format!("{{\"op\":\"chat\",\"seq\":{seq},\"body\":{{\"room_id\":\"{room}\",\"text\":\"{text}\"}}}}").as_bytes(),
+            );
+        }
+        Wire::JsonBinary => {
+            let body = format!("{{\"room_id\":\"{room}\",\"text\":\"{text}\"}}");
+            let _ = put_packet::<()>(out, Op::Chat.code(), seq, |b| {
+                b.extend_from_slice(body.as_bytes());
+                Ok(())
+            });
+        }
+        Wire::Proto => {
+            let _ = put_packet::<()>(out, Op::Chat.code(), seq, |b| {
+                b.push(0x0a);
+                put_varint(b, room.len() as u64);
+                b.extend_from_slice(room.as_bytes());
+                b.push(0x12);
+                put_varint(b, text.len() as u64);
+                b.extend_from_slice(text.as_bytes());
+                Ok(())
+            });
+        }
+    }
+}
+
+fn put_varint(b: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        b.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    b.push(v as u8);
+}
+
+impl Client {
+    pub fn into_split(self) -> (Reader, Writer) {
+        let (read, write) = self.stream.into_split();
+        (
+            Reader {
+                read,
+                frames: self.frames,
+                wire: self.wire,
+            },
+            Writer { write },
+        )
+    }
+}
+
+/// The reading half of a publisher.
+pub struct Reader {
+    read: tokio::net::tcp::OwnedReadHalf,
+    frames: FrameBuf,
+    wire: Wire,
+}
+
+impl Reader {
+    pub async fn read_some(&mut self, mut on: impl FnMut(Event<'_>)) -> anyhow::Result<()> {
+        while !self.frames.parse(self.wire, &mut on)? {
+            self.frames.fill(&mut self.read).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The writing half of a publisher.
+pub struct Writer {
+    write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Writer {
+    pub async fn send(&mut self, opcode: Opcode, payload: &[u8]) -> anyhow::Result<()> {
+        let key = fastrand::u32(..).to_ne_bytes();
+        let frame = ws::client_frame(opcode, payload, key);
+        self.write.write_all(&frame).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use roomcast_proto::body::RoomMsg;
+
+    fn msg(seq: u64, text: &str) -> RoomMsg {
+        RoomMsg {
+            room_id: "r".into(),
+            msg_id: 99,
+            seq,
+            user_id: "u".into(),
+            text: text.into(),
+            kind: "chat".into(),
+            ts: 5,
+            epoch: 3,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn scans_both_encodings() {
+        let text = format!("{:016x}xxxx", 1_234_567u64);
+        let m = msg(42, &text);
+        let want = Some(Seen {
+            seq: 42,
+            sent_us: 1_234_567,
+        });
+        assert_eq!(scan_proto_room_msg(&m.encode_to_vec()), want);
+        assert_eq!(scan_json_room_msg(&serde_json::to_vec(&m).unwrap()), want);
+        assert_eq!(
+            scan_proto_room_msg(&msg(7, "short").encode_to_vec()),
+            Some(Seen { seq: 7, sent_us: 0 })
+        );
+    }
+
+    #[test]
+    fn chat_packets_decode_on_the_server_side() {
+        for wire in [Wire::JsonBinary, Wire::Proto] {
+            let mut out = Vec::new();
+            chat_packet(wire, &mut out, 9, "room-1", 0xabc, 100);
+            let p = Packets::new(&out, 4096).next().unwrap().unwrap();
+            let chat: roomcast_proto::body::Chat =
+                roomcast_proto::wire::decode_body(wire.body_format(), p.body).unwrap();
+            assert_eq!(chat.room_id, "room-1");
+            assert_eq!(chat.text.len(), 100);
+            assert_eq!(hex16(chat.text.as_bytes()), 0xabc);
+        }
+    }
+}
