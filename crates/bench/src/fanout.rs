@@ -689,6 +689,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             b.set_prefix(format!("step {} at {rate} msg/s", step + 1));
             b
         });
+        let sent_total = AtomicU64::new(0);
         publish(
             &mut publishers,
             &rooms,
@@ -698,9 +699,38 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             wire,
             &subs,
             bar.as_ref(),
+            &sent_total,
         )
         .await?;
         let publish_time = started.elapsed();
+
+        // Every chat sent gets chat_ok or an error; count them all before computing what the
+        // subscribers should have received (replies may trail the deliveries).
+        let answered = || -> u64 {
+            let ok: u64 = accepted
+                .per_room
+                .iter()
+                .zip(&acc0)
+                .map(|(c, b)| c.load(Relaxed) - b)
+                .sum();
+            ok + accepted.rejected.load(Relaxed) - rej0
+        };
+        let mut last_answered = answered();
+        let mut still_since = Instant::now();
+        while last_answered < sent_total.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = answered();
+            if now != last_answered {
+                last_answered = now;
+                still_since = Instant::now();
+            } else if still_since.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "warning: {} chat messages were never answered",
+                    sent_total.load(Relaxed) - now
+                );
+                break;
+            }
+        }
 
         // Drain: until every expected delivery arrived, or nothing moved for two seconds.
         let expected: u64 = accepted
@@ -845,6 +875,7 @@ async fn publish(
     wire: Wire,
     subs: &Subs,
     bar: Option<&indicatif::ProgressBar>,
+    sent_total: &AtomicU64,
 ) -> anyhow::Result<()> {
     let per_pub = rate / publishers.len() as f64;
     let start = Instant::now();
@@ -886,6 +917,7 @@ async fn publish(
                 };
                 p.writer.send(opcode, &frame).await?;
                 sent += n;
+                sent_total.fetch_add(n, Relaxed);
             }
         });
     }

@@ -36,9 +36,9 @@ struct Common {
     /// Server process id, to report its CPU time and memory from /proc
     #[arg(long)]
     server_pid: Option<u32>,
-    /// Use JSON bodies instead of Protobuf
-    #[arg(long)]
-    json: bool,
+    /// Body encoding the clients ask for: `proto` (subprotocol roomcast.v1.proto) or `json`
+    #[arg(long, default_value = "proto", value_parser = ["proto", "json"])]
+    wire: String,
     /// Client processes for subscribers/idle connections [default: one per 15000 connections]
     #[arg(long)]
     procs: Option<usize>,
@@ -46,7 +46,7 @@ struct Common {
     #[arg(long = "src-ip")]
     src_ips: Vec<IpAddr>,
     /// Write the results as JSON to this file
-    #[arg(long = "json-out", alias = "json-file")]
+    #[arg(long = "json", alias = "json-out")]
     json_out: Option<PathBuf>,
     /// Draw latency percentiles against delivered rate into this PNG
     #[arg(long)]
@@ -146,7 +146,7 @@ fn fanout_args(o: &FanoutOpts, rates: Vec<f64>, max_p99_ms: Option<f64>) -> fano
         rates,
         payload: o.payload,
         duration: Duration::from_secs(o.duration),
-        proto: !o.common.json,
+        proto: o.common.wire == "proto",
         secret: o.common.secret.clone(),
         server_pid: o.common.server_pid,
         procs: procs_for(&o.common, o.subscribers + o.publishers),
@@ -193,7 +193,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 server_pid: common.server_pid,
                 procs: procs_for(&common, connections),
                 src_ips: common.src_ips.clone(),
-                proto: !common.json,
+                proto: common.wire == "proto",
                 quiet: common.quiet,
             };
             (idle::run(args).await?, common)
@@ -211,7 +211,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 duration: Duration::from_secs(duration),
                 secret: common.secret.clone(),
                 server_pid: common.server_pid,
-                proto: !common.json,
+                proto: common.wire == "proto",
             };
             (churn::run(args).await?, common)
         }

@@ -147,8 +147,14 @@ pub struct WorkerConfig {
     pub partition_capacity: usize,
     /// A room's batch is flushed at this many messages…
     pub batch_max: usize,
-    /// …or this long after the previous flush (at once when the room was idle).
+    /// …or this long after the previous flush (at once when the room was idle). This is the
+    /// window under light load; see `batch_window_max_ms`.
     pub batch_window_ms: u64,
+    /// Under load the window widens, up to this, so that each connection gets fewer, larger
+    /// frames: it grows while flushes run late (the worker or the machine cannot keep up) and
+    /// shrinks back to `batch_window_ms` when they run on time. Equal to `batch_window_ms`:
+    /// a fixed window.
+    pub batch_window_max_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -158,6 +164,7 @@ impl Default for WorkerConfig {
             partition_capacity: 8192,
             batch_max: 128,
             batch_window_ms: 20,
+            batch_window_max_ms: 200,
         }
     }
 }

@@ -137,6 +137,8 @@ pub struct Metrics {
     pub messages_in: Counter,
     pub batches: Counter,
     pub batch_size: Histogram,
+    /// The batch window a room worker most recently adapted to, in microseconds.
+    pub batch_window_us: Gauge,
     pub frames_out: Counter,
     pub deliveries: Counter,
     pub drops: [Counter; 5],
@@ -161,6 +163,7 @@ impl Default for Metrics {
             messages_in: Counter::default(),
             batches: Counter::default(),
             batch_size: Histogram::new(BATCH_SIZES),
+            batch_window_us: Gauge::default(),
             frames_out: Counter::default(),
             deliveries: Counter::default(),
             drops: Default::default(),
@@ -209,6 +212,12 @@ impl Metrics {
             "roomcast_room_memberships",
             "Connection-room memberships on this node.",
             self.room_memberships.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_batch_window_microseconds",
+            "Batch window a room worker most recently adapted to (widens under load).",
+            self.batch_window_us.get(),
         );
         gauge(
             &mut o,

@@ -12,6 +12,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -41,6 +42,8 @@ pub struct RoomWorker {
     routes: Arc<dyn RouteTable>,
     delivery: Arc<dyn Delivery>,
     metrics: Arc<Metrics>,
+    /// The current batch window in microseconds (adaptive, see the module docs).
+    window_us: AtomicU64,
 }
 
 #[derive(Default)]
@@ -60,6 +63,7 @@ impl RoomWorker {
         metrics: Arc<Metrics>,
     ) -> Self {
         RoomWorker {
+            window_us: AtomicU64::new(cfg.batch_window_ms * 1000),
             cfg,
             history,
             routes,
@@ -69,7 +73,26 @@ impl RoomWorker {
     }
 
     fn window(&self) -> Duration {
-        Duration::from_millis(self.cfg.batch_window_ms)
+        Duration::from_micros(self.window_us.load(Relaxed))
+    }
+
+    /// Adapts the window to how late a due flush ran.
+    fn observe_lateness(&self, late: Duration) {
+        let min = self.cfg.batch_window_ms * 1000;
+        let max = self.cfg.batch_window_max_ms.max(self.cfg.batch_window_ms) * 1000;
+        let cur = self.window_us.load(Relaxed);
+        let late = late.as_micros() as u64;
+        let next = if late > cur / 4 {
+            (cur + cur / 4).max(cur + 1000).min(max)
+        } else if late < cur / 16 {
+            (cur - cur / 32).max(min)
+        } else {
+            cur
+        };
+        if next != cur {
+            self.window_us.store(next, Relaxed);
+            self.metrics.batch_window_us.set(next as i64);
+        }
     }
 
     /// Runs until the bus is closed and drained; flushes everything before returning.
@@ -85,6 +108,12 @@ impl RoomWorker {
                 }
                 r = consumer.next(&mut records) => match r {
                     Ok(()) => {
+                        // How long the oldest record waited for this worker: a backlog here
+                        // means deliveries cannot keep up, so batches should grow.
+                        if let Some(first) = records.first() {
+                            let waited = crate::clock::now_ms().saturating_sub(first.ts);
+                            self.observe_lateness(Duration::from_millis(waited));
+                        }
                         for msg in records.drain(..) {
                             self.accept(msg, &mut rooms).await;
                         }
@@ -156,6 +185,11 @@ impl RoomWorker {
 
     async fn flush_due(&self, rooms: &mut Rooms) {
         let now = Instant::now();
+        if let Some(Reverse((t, _))) = rooms.timers.peek()
+            && *t <= now
+        {
+            self.observe_lateness(now - *t);
+        }
         while let Some(Reverse((t, _))) = rooms.timers.peek() {
             if *t > now {
                 break;
@@ -246,7 +280,7 @@ mod tests {
             name: None,
             text: format!("{i}"),
             kind: MsgKind::Chat,
-            ts: 0,
+            ts: crate::clock::now_ms(),
             payload: None,
         }
     }
@@ -313,6 +347,39 @@ mod tests {
         assert_eq!(Instant::now(), t0 + Duration::from_millis(20));
         s.bus.close();
         s.task.await.unwrap();
+    }
+
+    #[test]
+    fn window_widens_under_backlog_and_narrows_back() {
+        let cfg = WorkerConfig {
+            batch_window_ms: 20,
+            batch_window_max_ms: 200,
+            ..Default::default()
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let history = Arc::new(History::new(
+            HistoryConfig::default(),
+            Arc::new(MemoryStore::new(100)),
+        ));
+        let w = RoomWorker::new(
+            cfg,
+            history,
+            Arc::new(MemoryRoutes::default()),
+            Arc::new(Recorder(tx)),
+            Arc::new(Metrics::default()),
+        );
+        assert_eq!(w.window(), Duration::from_millis(20));
+        for _ in 0..100 {
+            w.observe_lateness(Duration::from_millis(500));
+        }
+        assert_eq!(w.window(), Duration::from_millis(200), "capped at the max");
+        for _ in 0..1000 {
+            w.observe_lateness(Duration::ZERO);
+        }
+        assert_eq!(w.window(), Duration::from_millis(20), "back to the min");
+        // Lateness within the tolerated band leaves it alone.
+        w.observe_lateness(Duration::from_millis(3));
+        assert_eq!(w.window(), Duration::from_millis(20));
     }
 
     #[tokio::test(start_paused = true)]
