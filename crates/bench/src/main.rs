@@ -229,7 +229,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let threads = std::env::var("ROOMCAST_BENCH_THREADS")
+    let threads = std::env::var("RCBENCH_THREADS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2);

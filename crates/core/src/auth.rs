@@ -102,7 +102,7 @@ impl JwtAuth {
             .exp
             .and_then(|n| n.as_u64().or_else(|| n.as_f64().map(|f| f as u64)))
             .ok_or(AuthError::BadClaim("exp"))?;
-        if exp + LEEWAY_S <= now_s {
+        if exp.saturating_add(LEEWAY_S) <= now_s {
             return Err(AuthError::Expired);
         }
         if let Some(nbf) = claims.nbf {

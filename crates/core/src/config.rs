@@ -42,6 +42,13 @@ pub struct GatewayConfig {
     /// this much kernel memory and the drop-oldest policy takes over; 0 lets the kernel size it
     /// (up to `net.ipv4.tcp_wmem`, 4 MiB by default).
     pub socket_send_buffer: usize,
+    /// First resend of an unacknowledged critical message after this long; each later one
+    /// waits twice as long (±20% jitter)…
+    pub critical_retry_base_ms: u64,
+    /// …but never longer than this.
+    pub critical_retry_max_ms: u64,
+    /// Sends (first one included) before an unacknowledged critical message counts as failed.
+    pub critical_max_attempts: u32,
 }
 
 impl Default for GatewayConfig {
@@ -60,6 +67,9 @@ impl Default for GatewayConfig {
             fanout_chunk: 512,
             close_grace_ms: 2000,
             socket_send_buffer: 128 * 1024,
+            critical_retry_base_ms: 2000,
+            critical_retry_max_ms: 60_000,
+            critical_max_attempts: 6,
         }
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
+use roomcast_backends::sqlite_acks::SqliteAckStore;
 use roomcast_core::auth::JwtAuth;
 use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, LocalDelivery};
 use roomcast_core::history::History;
@@ -21,10 +22,11 @@ use roomcast_core::ids::NodeId;
 use roomcast_core::ingest::IngestService;
 use roomcast_core::ingest::filter::WordFilter;
 use roomcast_core::memory::{
-    MemoryBus, MemoryModeration, MemoryPresence, MemoryRateLimiter, MemoryRoutes, MemoryStore,
+    MemoryAckStore, MemoryBus, MemoryModeration, MemoryPresence, MemoryRateLimiter, MemoryRoutes,
+    MemoryStore,
 };
 use roomcast_core::metrics::Metrics;
-use roomcast_core::ports::MessageStore;
+use roomcast_core::ports::{AckStore, MessageStore};
 use roomcast_core::worker::RoomWorker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -39,6 +41,8 @@ pub struct Running {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub metrics: Arc<Metrics>,
+    /// Pending critical messages (for tests and tooling).
+    pub acks: Arc<dyn AckStore>,
     stop_http: watch::Sender<bool>,
     stop_background: watch::Sender<bool>,
     http_task: JoinHandle<()>,
@@ -80,6 +84,16 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     if !store.previous_shutdown_clean() {
         tracing::warn!("the previous run did not shut down cleanly; rooms start new epochs");
     }
+    let acks: Arc<dyn AckStore> = match config.store_url()? {
+        StoreUrl::Memory => Arc::new(MemoryAckStore::default()),
+        StoreUrl::Sqlite(path) => Arc::new(
+            SqliteAckStore::open(&path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+    };
+    metrics
+        .acks_pending
+        .set(acks.count().await.unwrap_or_default() as i64);
     let history = Arc::new(History::new(config.history.clone(), store.clone()));
 
     let filter = match &config.ingest.words_file {
@@ -102,6 +116,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         metrics.clone(),
     ));
 
+    let api_ingest = ingest.clone();
     let node = NodeId::new(config.node_id());
     let gateway = Gateway::new(
         config.gateway.clone(),
@@ -113,6 +128,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             routes: routes.clone(),
             presence: presence.clone(),
             moderation,
+            acks: acks.clone(),
             metrics: metrics.clone(),
         },
         HandlerTable::standard(),
@@ -184,10 +200,25 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             }
         })
     };
-    let app = http::router(Arc::new(HttpState {
-        gateway: gateway.clone(),
-        ready,
-    }));
+    let api_keys = if config.api.keys.is_empty() {
+        let key = secret::load_or_create_file(&config.data_dir, secret::API_KEY_FILE)?;
+        vec![String::from_utf8_lossy(&key).into_owned()]
+    } else {
+        config.api.keys.clone()
+    };
+    let app = http::router(
+        Arc::new(HttpState {
+            gateway: gateway.clone(),
+            dev_token_ttl_s: config.dev.token_ttl_s,
+            ready,
+        }),
+        config.dev.endpoints_on(),
+        Arc::new(crate::api::ApiState {
+            gateway: gateway.clone(),
+            ingest: api_ingest,
+            keys: api_keys,
+        }),
+    );
     let (stop_http, stop_http_rx) = watch::channel(false);
     let http_task = tokio::spawn(http::serve(listener, app, wait_true(stop_http_rx)));
 
@@ -195,6 +226,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         addr,
         gateway,
         metrics,
+        acks,
         stop_http,
         stop_background,
         http_task,
@@ -235,9 +267,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let store = config.store_url()?;
+    let dev = config.dev.endpoints_on();
     let running = start(config).await?;
     if announce {
-        print_banner(running.addr, &data_dir, &store);
+        print_banner(running.addr, &data_dir, &store, dev);
     }
     tracing::info!(addr = %running.addr, "roomcast standalone started");
     stop.await;
@@ -247,7 +280,7 @@ pub async fn run(
     Ok(())
 }
 
-fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl) {
+fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl, dev: bool) {
     let store = match store {
         StoreUrl::Memory => "in memory (memory://)".to_owned(),
         StoreUrl::Sqlite(p) => format!("SQLite {}", p.display()),
@@ -255,8 +288,13 @@ fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl) {
     // Written in one go and errors ignored: a closed stdout (a supervisor that stopped
     // reading) must not take the server down.
     let text = format!(
-        "roomcast {} (standalone)\n  listening on http://{addr}  (WebSocket: ws://{addr}/ws)\n  messages: {store}\n  get a token: roomcast token --user alice --data-dir {}\n    (from a checkout: cargo run --release -- token --user alice)\n  stop with Ctrl-C\n",
+        "roomcast {} (standalone)\n  listening on http://{addr}  (WebSocket: ws://{addr}/ws)\n  demo page: http://{addr}/  (dev endpoints {})\n  messages: {store}\n  get a token: roomcast token --user alice --data-dir {}\n    (from a checkout: cargo run --release -- token --user alice)\n  stop with Ctrl-C\n",
         env!("CARGO_PKG_VERSION"),
+        if dev {
+            "on; [dev] endpoints = false turns them off"
+        } else {
+            "off"
+        },
         data_dir.display()
     );
     let mut out = std::io::stdout().lock();

@@ -66,7 +66,15 @@ struct TokenArgs {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.cmd.unwrap_or(Cmd::Standalone(ServerArgs::default())) {
+    // `roomcast` alone is `roomcast standalone` with defaults (clap fills in no env defaults
+    // for a subcommand that was not given, so ROOMCAST_CONFIG is read here).
+    let default_cmd = || {
+        Cmd::Standalone(ServerArgs {
+            config: std::env::var_os("ROOMCAST_CONFIG").map(PathBuf::from),
+            ..ServerArgs::default()
+        })
+    };
+    let result = match cli.cmd.unwrap_or_else(default_cmd) {
         Cmd::Standalone(args) => standalone(args),
         Cmd::Token(args) => token(args),
     };
@@ -110,7 +118,11 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
     if ttl == 0 {
         anyhow::bail!("--ttl must be at least one second");
     }
-    let token = JwtAuth::new(&secret).issue(&user, args.name.as_deref(), now_s() + ttl);
+    let name = match args.name.as_deref() {
+        Some(n) => Some(crate::web::check_name(n).map_err(|m| anyhow::anyhow!("--{m}"))?),
+        None => None,
+    };
+    let token = JwtAuth::new(&secret).issue(&user, name, now_s() + ttl);
     println!("{token}");
     Ok(())
 }

@@ -28,6 +28,8 @@ pub struct Config {
     /// Time given to clients to close, and to the store to flush, at shutdown.
     pub shutdown_grace_ms: u64,
     pub auth: AuthConfig,
+    pub api: ApiConfig,
+    pub dev: DevConfig,
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
     pub ingest: IngestConfig,
@@ -47,6 +49,43 @@ pub enum LogFormat {
 pub struct AuthConfig {
     /// HS256 secret for client tokens. Unset: standalone generates one in `data_dir/jwt_secret`.
     pub jwt_secret: Option<String>,
+}
+
+/// The server API (`/api/v1`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Bearer keys accepted by `/api/v1` (several, so a key can be rotated). Empty: standalone
+    /// generates one into `<data_dir>/api_key`.
+    pub keys: Vec<String>,
+}
+
+/// Development conveniences for the demo page.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// `POST /dev/token` (a token for any nickname) and `POST /dev/gift`. Anyone who can reach
+    /// the server can get a token this way, so keep it off wherever the platform issues tokens.
+    /// Unset: on in standalone.
+    pub endpoints: Option<bool>,
+    /// Lifetime of the tokens `/dev/token` hands out.
+    pub token_ttl_s: u64,
+}
+
+impl Default for DevConfig {
+    fn default() -> Self {
+        DevConfig {
+            endpoints: None,
+            token_ttl_s: 24 * 3600,
+        }
+    }
+}
+
+impl DevConfig {
+    /// Whether the dev endpoints are served (standalone's default: yes).
+    pub fn endpoints_on(&self) -> bool {
+        self.endpoints.unwrap_or(true)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,6 +115,8 @@ impl Default for Config {
             log_format: LogFormat::Text,
             shutdown_grace_ms: 5000,
             auth: AuthConfig::default(),
+            api: ApiConfig::default(),
+            dev: DevConfig::default(),
             store: StoreConfig::default(),
             gateway: GatewayConfig::default(),
             ingest: IngestConfig::default(),
@@ -120,7 +161,13 @@ impl Config {
                 "JWT_SECRET" => vec!["auth".into(), "jwt_secret".into()],
                 _ => rest.split("__").map(|p| p.to_ascii_lowercase()).collect(),
             };
-            set_path(&mut root, &path, parse_env_value(&value))
+            // Settings that are always text are taken verbatim (a secret of digits stays text).
+            let value = if STRING_KEYS.contains(&path.join(".").as_str()) {
+                toml::Value::String(value)
+            } else {
+                parse_env_value(&value)
+            };
+            set_path(&mut root, &path, value)
                 .with_context(|| format!("environment variable {key}"))?;
         }
         let config: Config =
@@ -183,6 +230,16 @@ impl Config {
         self.node_id.as_deref().unwrap_or("standalone")
     }
 }
+
+/// Keys whose environment values are never parsed as TOML.
+const STRING_KEYS: &[&str] = &[
+    "auth.jwt_secret",
+    "node_id",
+    "data_dir",
+    "listen",
+    "store.url",
+    "ingest.words_file",
+];
 
 fn parse_env_value(raw: &str) -> toml::Value {
     // `key = <raw>` parses numbers, booleans, arrays and inline tables; anything else is a string.
@@ -257,6 +314,20 @@ mod tests {
         assert_eq!(c.ingest.user_limit.rate, 1.5);
         assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
         assert_eq!(c.store_url().unwrap(), StoreUrl::Memory);
+    }
+
+    #[test]
+    fn text_settings_are_taken_verbatim() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("ROOMCAST_JWT_SECRET", "1234567890"),
+                ("ROOMCAST_NODE_ID", "7"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.jwt_secret.as_deref(), Some("1234567890"));
+        assert_eq!(c.node_id(), "7");
     }
 
     #[test]

@@ -31,17 +31,36 @@ pub struct PeerAddr(pub SocketAddr);
 /// What the HTTP handlers share.
 pub struct HttpState {
     pub gateway: Arc<Gateway>,
+    /// Lifetime of tokens from `POST /dev/token`.
+    pub dev_token_ttl_s: u64,
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
 }
 
-pub fn router(state: Arc<HttpState>) -> Router {
+pub fn router(
+    state: Arc<HttpState>,
+    dev_endpoints: bool,
+    api: Arc<crate::api::ApiState>,
+) -> Router {
     Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/", get(index))
+        .route("/metrics", get(metrics))
+        .merge(crate::web::routes(dev_endpoints))
         .fallback(not_found)
         .with_state(state)
+        .nest("/api/v1", crate::api::router(api))
+}
+
+async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.gateway.deps().metrics.render(),
+    )
+        .into_response()
 }
 
 /// A JSON error body: `{"error": {"code": .., "message": ..}}`.
@@ -67,14 +86,6 @@ async fn readyz(State(s): State<Arc<HttpState>>) -> Response {
         )
             .into_response(),
     }
-}
-
-async fn index() -> Response {
-    (
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "roomcast is running. WebSocket endpoint: /ws (see docs/protocol.md).\n",
-    )
-        .into_response()
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {

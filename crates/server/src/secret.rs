@@ -8,10 +8,21 @@ use anyhow::Context;
 pub const FILE_NAME: &str = "jwt_secret";
 
 pub fn load_or_create(data_dir: &Path) -> anyhow::Result<Vec<u8>> {
-    let path = data_dir.join(FILE_NAME);
+    load_or_create_file(data_dir, FILE_NAME)
+}
+
+/// The server API key when none is configured: `<data_dir>/api_key`, created like the secret.
+pub const API_KEY_FILE: &str = "api_key";
+
+/// Reads `<data_dir>/<name>`, or creates it with 32 random bytes in hex (mode 0600).
+pub fn load_or_create_file(data_dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = data_dir.join(name);
     match std::fs::read_to_string(&path) {
         Ok(s) if !s.trim().is_empty() => return Ok(s.trim().as_bytes().to_vec()),
-        Ok(_) => {}
+        Ok(_) => anyhow::bail!(
+            "{} is empty: delete it to have a new secret generated, or write one into it",
+            path.display()
+        ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }

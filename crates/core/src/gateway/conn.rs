@@ -102,11 +102,22 @@ pub struct Conn {
     pub(crate) token_exp_s: AtomicU64,
     /// When our close frame was sent (gateway clock ms); 0 while open.
     pub(crate) closing_since_ms: AtomicU64,
+    /// The logged-in user.
+    user: std::sync::OnceLock<crate::ids::UserId>,
 }
 
 const WIRE_FIXED: u8 = 0x80;
 
 impl Conn {
+    /// The logged-in user, once there is one.
+    pub fn user(&self) -> Option<crate::ids::UserId> {
+        self.user.get().cloned()
+    }
+
+    pub(crate) fn set_user(&self, user: &crate::ids::UserId) {
+        let _ = self.user.set(user.clone());
+    }
+
     pub(crate) fn new(
         id: ConnId,
         stream: TcpStream,
@@ -136,6 +147,7 @@ impl Conn {
             connected_ms: now_ms,
             token_exp_s: AtomicU64::new(0),
             closing_since_ms: AtomicU64::new(0),
+            user: std::sync::OnceLock::new(),
         }
     }
 

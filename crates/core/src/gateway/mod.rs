@@ -12,6 +12,7 @@
 //! goes beyond this node (that is the room worker and the route table).
 
 pub mod conn;
+mod critical;
 pub mod outgoing;
 pub mod registry;
 pub mod session;
@@ -54,6 +55,7 @@ pub struct GatewayDeps {
     pub routes: Arc<dyn RouteTable>,
     pub presence: Arc<dyn Presence>,
     pub moderation: Arc<dyn Moderation>,
+    pub acks: Arc<dyn crate::ports::AckStore>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -80,6 +82,8 @@ pub struct Gateway {
     /// Notified when the last connection ends.
     all_closed: tokio::sync::Notify,
     limits: SendLimits,
+    /// Retry deadlines of critical messages sent from this node: (ms, user, msg_id).
+    critical_schedule: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(u64, UserId, u64)>>>,
 }
 
 impl Gateway {
@@ -102,6 +106,7 @@ impl Gateway {
             shutting_down: AtomicBool::new(false),
             all_closed: tokio::sync::Notify::new(),
             limits,
+            critical_schedule: Mutex::new(std::collections::BinaryHeap::new()),
         })
     }
 
@@ -471,14 +476,19 @@ impl Gateway {
         let online_every = Duration::from_millis(self.cfg.online_push_interval_ms.max(10));
         let mut sweep = tokio::time::interval(sweep_every);
         let mut online = tokio::time::interval(online_every);
+        let retry_every =
+            Duration::from_millis((self.cfg.critical_retry_base_ms / 10).clamp(10, 250));
+        let mut retry = tokio::time::interval(retry_every);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         online.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(stop);
         loop {
             tokio::select! {
                 _ = &mut stop => return,
                 _ = sweep.tick() => self.sweep(),
                 _ = online.tick() => self.push_online(),
+                _ = retry.tick() => self.retry_due_critical().await,
             }
         }
     }
@@ -515,7 +525,7 @@ impl Gateway {
                     "no login",
                     true,
                 );
-            } else if exp != 0 && exp + crate::auth::LEEWAY_S <= now_s {
+            } else if exp != 0 && exp.saturating_add(crate::auth::LEEWAY_S) <= now_s {
                 self.close_conn(
                     &conn,
                     close::TOKEN_EXPIRED,

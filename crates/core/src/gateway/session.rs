@@ -179,8 +179,7 @@ impl HandlerTable {
         }
     }
 
-    /// The handlers of the core protocol: login, heartbeat, join, leave, chat. (`ack` is
-    /// registered by the critical-message component.)
+    /// The handlers of the protocol: login, heartbeat, join, leave, chat, ack.
     pub fn standard() -> Self {
         let mut t = Self::empty();
         t.register(Op::Login, Box::new(LoginHandler));
@@ -188,6 +187,7 @@ impl HandlerTable {
         t.register(Op::Join, Box::new(JoinHandler));
         t.register(Op::Leave, Box::new(LeaveHandler));
         t.register(Op::Chat, Box::new(ChatHandler));
+        t.register(Op::Ack, Box::new(AckHandler));
         t
     }
 
@@ -214,14 +214,21 @@ pub(crate) async fn run(
 ) {
     let mut session = Session::default();
     if let Some(identity) = identity {
-        complete_login(&gw, &conn, &mut session, identity, 0).await;
+        // A token on the upgrade URL gets the same checks as the `login` op.
+        match Box::pin(check_ban(&gw, &identity)).await {
+            Ok(()) => Box::pin(complete_login(&gw, &conn, &mut session, identity, 0)).await,
+            Err(e) => send_error(&gw, &conn, &mut session, 0, Some(Op::Login), e),
+        }
     }
     let mut decoder = Decoder::server(gw.config().max_frame_bytes);
     let mut buf: Vec<u8> = read_ahead.to_vec();
     let mut eof = false;
     loop {
         if !buf.is_empty() {
-            let (used, stop) = process(&gw, &conn, &mut session, &mut decoder, &mut buf).await;
+            // Boxed: an idle connection's task then holds a pointer-sized slot, not the
+            // largest handler's state (idle memory per connection is a target).
+            let (used, stop) =
+                Box::pin(process(&gw, &conn, &mut session, &mut decoder, &mut buf)).await;
             buf.drain(..used);
             if stop {
                 break;
@@ -258,7 +265,7 @@ pub(crate) async fn run(
         conn.touch(gw.clock_ms());
     }
     let user = session.user().cloned();
-    gw.cleanup(&conn, user.as_ref(), &session.rooms).await;
+    Box::pin(gw.cleanup(&conn, user.as_ref(), &session.rooms)).await;
 }
 
 /// Handles the complete messages in `buf`; returns the bytes used and whether to stop.
@@ -451,10 +458,12 @@ async fn dispatch(gw: &Arc<Gateway>, conn: &Arc<Conn>, s: &mut Session, req: Req
         None
     };
     let Some(handler) = handler else {
-        let e = ReplyError::new(
-            ErrorCode::UnknownOp,
-            format!("{} is not a request op", op.name()),
-        );
+        let message = if op.is_request() {
+            format!("{} is not served by this server", op.name())
+        } else {
+            format!("{} is not a request op", op.name())
+        };
+        let e = ReplyError::new(ErrorCode::UnknownOp, message);
         send_error(gw, conn, s, seq, Some(op), e);
         return;
     };
@@ -537,6 +546,23 @@ fn send_error(
 
 // ---- handlers --------------------------------------------------------------------------------
 
+/// A banned user may not log in: `banned`, then close 4003.
+async fn check_ban(gw: &Arc<Gateway>, identity: &Identity) -> Result<(), ReplyError> {
+    let banned = gw
+        .deps()
+        .moderation
+        .banned(&identity.user)
+        .await
+        .map_err(|e| ReplyError::new(ErrorCode::Unavailable, e.to_string()))?;
+    match banned {
+        Some(ban) => Err(ReplyError {
+            close: Some(close::BANNED),
+            ..ReplyError::new(ErrorCode::Banned, format!("banned: {}", ban.reason))
+        }),
+        None => Ok(()),
+    }
+}
+
 async fn complete_login(
     gw: &Arc<Gateway>,
     conn: &Arc<Conn>,
@@ -560,9 +586,33 @@ async fn complete_login(
         heartbeat_s: gw.config().heartbeat_s,
         name: identity.name.as_deref().map(str::to_owned),
     };
+    conn.set_user(&identity.user);
+    let user = identity.user.clone();
     s.identity = Some(identity);
     let frame = single_frame(conn.wire(), Op::LoginOk, seq, &reply);
     conn.send(&frame, false, gw.limits(), gw.metrics());
+    // Whatever critical messages wait for this user, after login_ok.
+    gw.deliver_pending(&user).await;
+}
+
+/// `ack {msg_id}`: the user has a critical message. No reply (an ack of an unknown or already
+/// acknowledged id is not an error: retries and reconnects make duplicates normal).
+struct AckHandler;
+
+impl Handler for AckHandler {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
+        Box::pin(async move {
+            let ack: body::Ack = req.decode()?;
+            let Some(user) = cx.session.user() else {
+                return Err(ReplyError::new(ErrorCode::Unauthenticated, "log in first"));
+            };
+            cx.gw
+                .acknowledge(user, ack.msg_id)
+                .await
+                .map_err(|e| ReplyError::new(ErrorCode::Unavailable, e.to_string()))?;
+            Ok(())
+        })
+    }
 }
 
 struct LoginHandler;
@@ -583,19 +633,7 @@ impl Handler for LoginHandler {
                     "already logged in as another user; open a new connection",
                 ));
             }
-            let banned = cx
-                .gw
-                .deps()
-                .moderation
-                .banned(&identity.user)
-                .await
-                .map_err(|e| ReplyError::new(ErrorCode::Unavailable, e.to_string()))?;
-            if let Some(ban) = banned {
-                return Err(ReplyError {
-                    close: Some(close::BANNED),
-                    ..ReplyError::new(ErrorCode::Banned, format!("banned: {}", ban.reason))
-                });
-            }
+            check_ban(cx.gw, &identity).await?;
             complete_login(cx.gw, cx.conn, cx.session, identity, req.seq).await;
             Ok(())
         })
@@ -659,16 +697,21 @@ impl Handler for JoinHandler {
                 since: join.since.clone(),
                 secs: join.history_secs,
             };
-            let page = cx
-                .gw
-                .deps()
-                .history
-                .query(&room, &query)
-                .await
-                .map_err(|e| {
-                    ReplyError::new(ErrorCode::Unavailable, format!("history unavailable: {e}"))
-                        .in_room(room.as_str())
-                })?;
+            let page = match cx.gw.deps().history.query(&room, &query).await {
+                Ok(page) => page,
+                Err(e) => {
+                    // A failed join leaves no membership behind.
+                    if !already {
+                        cx.session.rooms.retain(|r| r != &room);
+                        cx.gw.leave_room(&room, cx.conn).await;
+                    }
+                    return Err(ReplyError::new(
+                        ErrorCode::Unavailable,
+                        format!("history unavailable: {e}"),
+                    )
+                    .in_room(room.as_str()));
+                }
+            };
             let reply = body::JoinOk {
                 room_id: room.as_str().to_owned(),
                 online: online as u64,

@@ -147,6 +147,10 @@ impl IngestService {
         *self.filter.write() = Arc::new(filter);
     }
 
+    pub fn config(&self) -> &IngestConfig {
+        &self.cfg
+    }
+
     /// Makes a message id (for messages that do not go through the bus, like critical ones).
     pub fn next_id(&self) -> MsgId {
         self.ids.next()

@@ -1,6 +1,7 @@
 //! In-process adapters for every port: what the standalone mode runs on, and the reference the
 //! real adapters are tested against.
 
+mod acks;
 mod bus;
 mod moderation;
 mod presence;
@@ -8,6 +9,7 @@ mod ratelimit;
 mod routes;
 mod store;
 
+pub use acks::MemoryAckStore;
 pub use bus::{MemoryBus, MemoryConsumer, partition_of};
 pub use moderation::MemoryModeration;
 pub use presence::MemoryPresence;

@@ -2,6 +2,7 @@
 
 mod common;
 
+mod api;
 mod auth;
 mod binary;
 mod history;
@@ -10,4 +11,5 @@ mod limits;
 mod malformed;
 mod rooms;
 mod slow;
+mod web;
 mod wire;

@@ -1,0 +1,239 @@
+// Browser tests of the demo page and the client library: a real standalone server (the binary
+// in $RC_BIN) and Debian's Chromium driven by playwright-core. Screenshots go to
+// $ARTIFACTS_DIR (default: ../artifacts/browser).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { createInterface } from "node:readline";
+import { chromium } from "playwright-core";
+
+const BIN = process.env.RC_BIN || resolve("../target/debug/roomcast");
+const CHROMIUM = process.env.CHROMIUM || "/usr/bin/chromium";
+const ARTIFACTS = resolve(process.env.ARTIFACTS_DIR || "../artifacts/browser");
+mkdirSync(ARTIFACTS, { recursive: true });
+
+let server;
+let base;
+let browser;
+let dataDir;
+
+async function startServer() {
+  dataDir = mkdtempSync(join(tmpdir(), "roomcast-web-"));
+  const child = spawn(BIN, ["standalone", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
+    // Only this test's settings: any ROOMCAST_* variable would be read as config.
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_"))),
+      ROOMCAST_LOG: "warn",
+    },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const addr = await new Promise((resolveAddr, reject) => {
+    const lines = createInterface({ input: child.stdout });
+    lines.on("line", (line) => {
+      const m = line.match(/listening on http:\/\/(\S+)/);
+      if (m) resolveAddr(m[1]);
+    });
+    child.on("exit", (code) => reject(new Error(`server exited early (${code})`)));
+  });
+  return { child, url: `http://${addr}` };
+}
+
+async function stopServer(s) {
+  const exited = new Promise((r) => s.child.once("exit", r));
+  s.child.kill("SIGTERM");
+  await exited;
+}
+
+before(async () => {
+  server = await startServer();
+  base = server.url;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (server) await stopServer(server);
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+/** A viewer in its own browser context (own storage = own user). */
+async function viewer(nick, room, viewport = { width: 1280, height: 800 }) {
+  const context = await browser.newContext({ viewport });
+  const page = await context.newPage();
+  const problems = [];
+  page.on("pageerror", (e) => problems.push(String(e)));
+  await page.goto(base + "/");
+  await page.fill("#nick", nick);
+  await page.fill("#room", room);
+  await page.click("#enter-btn");
+  await page.waitForSelector("#status[data-state=online]");
+  await page.waitForSelector(`#chat li.system >> text=You joined #${room}`);
+  return { page, context, problems };
+}
+
+async function say(page, text) {
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+}
+
+const chatLine = (page, text) => page.locator("#chat li .text", { hasText: text });
+
+test("two viewers in one room see each other in the chat list and as danmaku; another room sees nothing", async () => {
+  const alice = await viewer("Alice", "stage-1");
+  const bob = await viewer("Bob", "stage-1");
+  const carol = await viewer("Carol", "stage-2");
+
+  await say(alice.page, "hello from alice");
+  await say(bob.page, "hi alice, bob here");
+
+  for (const v of [alice, bob]) {
+    await chatLine(v.page, "hello from alice").waitFor();
+    await chatLine(v.page, "hi alice, bob here").waitFor();
+    // Each appears as danmaku flying over the stage.
+    await v.page.locator(".dm", { hasText: "hi alice, bob here" }).waitFor();
+  }
+  await bob.page.locator("#chat li", { hasText: "Alice" }).first().waitFor();
+  // Online count: two viewers in stage-1.
+  await alice.page.waitForFunction(() => document.querySelector("#online").textContent === "2");
+
+  // Carol's room stays quiet: she sends her own line and sees only it.
+  await say(carol.page, "carol alone");
+  await chatLine(carol.page, "carol alone").waitFor();
+  assert.equal(await chatLine(carol.page, "hello from alice").count(), 0);
+  assert.equal(await chatLine(carol.page, "hi alice, bob here").count(), 0);
+  assert.equal(await chatLine(alice.page, "carol alone").count(), 0);
+
+  // A gift looks different from chat, in the list and on the stage.
+  await bob.page.click("#gift");
+  const gift = alice.page.locator("#chat li.gift", { hasText: "rocket" });
+  await gift.waitFor();
+  await alice.page.locator(".dm.gift").first().waitFor();
+  const [chatColor, giftColor] = await alice.page.evaluate(() => [
+    getComputedStyle(document.querySelector("#chat li.chat .text")).color,
+    getComputedStyle(document.querySelector("#chat li.gift .text")).color,
+  ]);
+  assert.notEqual(chatColor, giftColor);
+
+  await alice.page.screenshot({ path: join(ARTIFACTS, "room-alice.png") });
+  await carol.page.screenshot({ path: join(ARTIFACTS, "room-carol.png") });
+  for (const v of [alice, bob, carol]) {
+    assert.deepEqual(v.problems, []);
+    await v.context.close();
+  }
+});
+
+test("danmaku in flight never overlap", async () => {
+  const dan = await viewer("Dan", "flood");
+  const eve = await viewer("Eve", "flood");
+  for (let i = 0; i < 4; i++) await say(dan.page, `dan line ${i} with some length to it`);
+  for (let i = 0; i < 4; i++) await say(eve.page, `eve ${i}`);
+  await chatLine(dan.page, "eve 3").waitFor();
+  await dan.page.locator(".dm", { hasText: "eve 3" }).waitFor();
+  const overlaps = await dan.page.evaluate(() => {
+    const boxes = [...document.querySelectorAll(".dm")].map((e) => e.getBoundingClientRect());
+    let n = 0;
+    for (let i = 0; i < boxes.length; i++)
+      for (let j = i + 1; j < boxes.length; j++) {
+        const a = boxes[i], b = boxes[j];
+        if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom) n++;
+      }
+    return { n, count: boxes.length };
+  });
+  assert.ok(overlaps.count >= 2, `several danmaku in flight (${overlaps.count})`);
+  assert.equal(overlaps.n, 0);
+  await dan.page.screenshot({ path: join(ARTIFACTS, "danmaku.png") });
+  await dan.context.close();
+  await eve.context.close();
+});
+
+test("a reload gets the history back", async () => {
+  const frank = await viewer("Frank", "history-room");
+  await say(frank.page, "remember me");
+  await chatLine(frank.page, "remember me").waitFor();
+  await frank.page.reload();
+  await frank.page.waitForSelector("#status[data-state=online]");
+  await frank.page.locator("#chat li.history .text", { hasText: "remember me" }).waitFor();
+  await frank.page.screenshot({ path: join(ARTIFACTS, "after-reload.png") });
+  await frank.context.close();
+});
+
+test("sending too fast shows the rate-limit toast", async () => {
+  const gina = await viewer("Gina", "fast");
+  for (let i = 0; i < 10; i++) await say(gina.page, `spam ${i}`);
+  const toast = gina.page.locator(".toast", { hasText: "too fast" });
+  await toast.first().waitFor();
+  await gina.page.screenshot({ path: join(ARTIFACTS, "rate-limited.png") });
+  await gina.context.close();
+});
+
+test("works on a phone-sized viewport", async () => {
+  const hank = await viewer("Hank", "phone", { width: 390, height: 844 });
+  await say(hank.page, "from my phone");
+  await chatLine(hank.page, "from my phone").waitFor();
+  const fits = await hank.page.evaluate(() => {
+    const stage = document.querySelector("#stage").getBoundingClientRect();
+    const chat = document.querySelector("#chat").getBoundingClientRect();
+    return {
+      noHorizontalScroll: document.documentElement.scrollWidth <= window.innerWidth,
+      stageFits: stage.width <= window.innerWidth && stage.width > 300,
+      chatBelow: chat.top >= stage.bottom,
+    };
+  });
+  assert.deepEqual(fits, { noHorizontalScroll: true, stageFits: true, chatBelow: true });
+  await hank.page.screenshot({ path: join(ARTIFACTS, "phone.png") });
+  await hank.context.close();
+});
+
+test("the client library reconnects and fills the gap from history", async () => {
+  // Its own server, so it can be restarted under the page.
+  const own = await startServer();
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(own.url + "/");
+  const tokenA = await page.evaluate(async () => {
+    const r = await fetch("/dev/token", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name: "Ivy" }) });
+    return (await r.json()).token;
+  });
+  await page.evaluate(async (token) => {
+    const { RoomcastClient } = await import("/roomcast.js");
+    const c = new RoomcastClient(`ws://${location.host}/ws`, { token, minBackoffMs: 2000, maxBackoffMs: 2000 });
+    window.got = [];
+    window.closes = 0;
+    c.addEventListener("message", (e) => window.got.push({ text: e.detail.text, replayed: !!e.detail.replayed }));
+    c.addEventListener("close", () => window.closes++);
+    c.addEventListener("open", () => (window.opens = (window.opens || 0) + 1));
+    await c.connect();
+    await c.join("gap");
+    await c.chat("gap", "before");
+    window.client = c;
+  }, tokenA);
+  await page.waitForFunction(() => window.got.some((m) => m.text === "before"));
+
+  // Another client writes while the page is cut off: drop the page's socket from the server
+  // side by closing its connection (server-side close → the library reconnects).
+  const other = await ctx.newPage();
+  await other.goto(own.url + "/");
+  await page.evaluate(() => window.client.ws.close(4999, "test cut"));
+  await other.evaluate(async () => {
+    const { RoomcastClient } = await import("/roomcast.js");
+    const r = await fetch("/dev/token", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name: "Jo" }) });
+    const c = new RoomcastClient(`ws://${location.host}/ws`, { token: (await r.json()).token });
+    await c.connect();
+    await c.join("gap");
+    await c.chat("gap", "during");
+  });
+  await page.waitForFunction(() => window.opens >= 2 && window.got.some((m) => m.text === "during"));
+  await page.evaluate(() => window.client.chat("gap", "after"));
+  await page.waitForFunction(() => window.got.some((m) => m.text === "after"));
+  const got = await page.evaluate(() => window.got);
+  assert.deepEqual(got.map((m) => m.text), ["before", "during", "after"], "each once, in order");
+  assert.deepEqual(got.map((m) => m.replayed), [false, true, false], "the gap came from history");
+  await ctx.close();
+  await stopServer(own);
+});
