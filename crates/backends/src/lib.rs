@@ -6,3 +6,5 @@
 pub mod sqlite;
 #[cfg(feature = "sqlite")]
 pub mod sqlite_acks;
+#[cfg(feature = "sqlite")]
+pub mod sqlite_outbox;

@@ -17,6 +17,7 @@ pub mod ingest;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod ports;
 pub mod shard;
 #[cfg(any(test, feature = "testkit"))]

@@ -22,6 +22,7 @@ use roomcast_core::history::HistoryQuery;
 use roomcast_core::ids::{RoomId, UserId};
 use roomcast_core::ingest::{ChatRequest, IngestError, IngestService};
 use roomcast_core::model::MsgKind;
+use roomcast_core::outbox::{NewOutboxRow, OutboxRelay};
 use roomcast_core::ports::{PendingCritical, Sanction};
 use roomcast_proto::ws::close;
 use serde::Deserialize;
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub gateway: Arc<Gateway>,
     pub ingest: Arc<IngestService>,
     pub keys: Vec<String>,
+    /// The outbox and its relay (none with a memory:// store).
+    pub outbox: Option<Arc<OutboxRelay>>,
 }
 
 type St = State<Arc<ApiState>>;
@@ -81,6 +84,7 @@ pub fn route_table() -> Vec<Route> {
         ("/users/{user}/kick", &["post"], post(kick)),
         ("/critical", &["post"], post(critical)),
         ("/broadcast", &["post"], post(broadcast)),
+        ("/outbox", &["post"], post(outbox_insert)),
     ]
 }
 
@@ -368,6 +372,7 @@ async fn publish(
         kind,
         payload,
         trusted: true,
+        msg_id: None,
     };
     match roomcast_core::ingest::Ingest::submit(&*s.ingest, request).await {
         Ok(a) => (
@@ -377,6 +382,62 @@ async fn publish(
             .into_response(),
         Err(IngestError::Unavailable(m)) => unavailable(m).into_response(),
         Err(e) => bad(e.to_string()).into_response(),
+    }
+}
+
+// ---- outbox --------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OutboxReq {
+    room_id: String,
+    kind: Option<String>,
+    text: String,
+    payload: Option<Value>,
+    user_id: Option<String>,
+    name: Option<String>,
+}
+
+/// Writes an outbox row (durable when this returns); the relay publishes it.
+async fn outbox_insert(State(s): St, b: Result<Json<OutboxReq>, JsonRejection>) -> Response {
+    let req = match body(b) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let Some(relay) = &s.outbox else {
+        return unavailable("the outbox needs the SQLite store (store.url = sqlite://…)")
+            .into_response();
+    };
+    let max_chars = s.ingest.config().max_text_chars;
+    let parsed = (|| {
+        let room = RoomId::parse(&req.room_id).map_err(|e| bad(format!("room_id: {e}")))?;
+        let kind = kind_field(req.kind.as_deref(), MsgKind::System)?;
+        let text = text_field(Some(req.text), max_chars)?.unwrap_or_default();
+        let payload = payload_field(req.payload)?;
+        let user = user_param("user_id", req.user_id.as_deref().unwrap_or("system"))?;
+        let name = match req.name.as_deref() {
+            Some(n) => Some(crate::web::check_name(n).map_err(bad)?.to_owned()),
+            None => None,
+        };
+        Ok::<_, ApiError>(NewOutboxRow {
+            room,
+            kind,
+            user,
+            name,
+            text,
+            payload,
+        })
+    })();
+    let row = match parsed {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    match relay.store().insert(row).await {
+        Ok(id) => {
+            relay.wake();
+            (StatusCode::ACCEPTED, Json(json!({ "outbox_id": id }))).into_response()
+        }
+        Err(e) => unavailable(e).into_response(),
     }
 }
 

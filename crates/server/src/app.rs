@@ -15,6 +15,7 @@ use std::time::Duration;
 use anyhow::Context;
 use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
 use roomcast_backends::sqlite_acks::SqliteAckStore;
+use roomcast_backends::sqlite_outbox::SqliteOutbox;
 use roomcast_core::auth::JwtAuth;
 use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, LocalDelivery};
 use roomcast_core::history::History;
@@ -26,6 +27,7 @@ use roomcast_core::memory::{
     MemoryStore,
 };
 use roomcast_core::metrics::Metrics;
+use roomcast_core::outbox::{OutboxRelay, OutboxStore, RelayConfig};
 use roomcast_core::ports::{AckStore, MessageStore};
 use roomcast_core::worker::RoomWorker;
 use tokio::net::TcpListener;
@@ -45,6 +47,8 @@ pub struct Running {
     pub acks: Arc<dyn AckStore>,
     stop_http: watch::Sender<bool>,
     stop_background: watch::Sender<bool>,
+    stop_relay: watch::Sender<bool>,
+    relay_task: Option<JoinHandle<()>>,
     http_task: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
     bus: Arc<MemoryBus>,
@@ -117,6 +121,26 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     ));
 
     let api_ingest = ingest.clone();
+    // The outbox lives beside the messages (SQLite); with memory:// there is none.
+    let outbox = match config.store_url()? {
+        StoreUrl::Memory => None,
+        StoreUrl::Sqlite(path) => {
+            let store: Arc<dyn OutboxStore> = Arc::new(
+                SqliteOutbox::open(&path)
+                    .with_context(|| format!("cannot open {}", path.display()))?,
+            );
+            let ids = ingest.clone();
+            Some(Arc::new(OutboxRelay::new(
+                RelayConfig {
+                    holder: format!("{}-{}", config.node_id(), std::process::id()),
+                    ..RelayConfig::default()
+                },
+                store,
+                ingest.clone(),
+                move || ids.next_id(),
+            )))
+        }
+    };
     let node = NodeId::new(config.node_id());
     let gateway = Gateway::new(
         config.gateway.clone(),
@@ -149,6 +173,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .collect();
 
     let (stop_background, stop_bg_rx) = watch::channel(false);
+    let (stop_relay, stop_relay_rx) = watch::channel(false);
+    let relay_task = outbox
+        .clone()
+        .map(|relay| tokio::spawn(async move { relay.run(wait_true(stop_relay_rx)).await }));
     tokio::spawn(
         gateway
             .clone()
@@ -217,6 +245,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             gateway: gateway.clone(),
             ingest: api_ingest,
             keys: api_keys,
+            outbox,
         }),
     );
     let (stop_http, stop_http_rx) = watch::channel(false);
@@ -229,6 +258,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         acks,
         stop_http,
         stop_background,
+        stop_relay,
+        relay_task,
         http_task,
         workers,
         bus,
@@ -243,6 +274,11 @@ impl Running {
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutting_down.store(true, Ordering::Relaxed);
         let _ = self.stop_http.send(true);
+        // The relay first (it publishes into the bus; unpublished rows wait for the next run).
+        let _ = self.stop_relay.send(true);
+        if let Some(t) = self.relay_task {
+            let _ = t.await;
+        }
         // No new messages; workers deliver what they hold, then end.
         self.bus.close();
         for w in self.workers {

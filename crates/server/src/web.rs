@@ -187,6 +187,7 @@ async fn dev_gift(
         kind: MsgKind::Gift,
         payload: Some(json!({ "gift": gift, "count": 1 }).to_string()),
         trusted: false,
+        msg_id: None,
     };
     match s.gateway.deps().ingest.submit(request).await {
         Ok(a) => Json(json!({ "msg_id": a.msg_id.0.to_string() })).into_response(),

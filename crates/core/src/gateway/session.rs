@@ -776,6 +776,7 @@ impl Handler for ChatHandler {
                 kind: MsgKind::Chat,
                 payload: None,
                 trusted: false,
+                msg_id: None,
             };
             match cx.gw.deps().ingest.submit(request).await {
                 Ok(accepted) => {

@@ -38,6 +38,9 @@ pub struct ChatRequest {
     pub payload: Option<String>,
     /// From the server API: no rate limits, no word filter.
     pub trusted: bool,
+    /// An id chosen beforehand (trusted sources only: the outbox relay, so that a row published
+    /// twice carries the same id both times). `None`: ingest assigns one.
+    pub msg_id: Option<MsgId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -222,7 +225,10 @@ impl IngestService {
             }
         }
 
-        let msg_id = self.ids.next();
+        let msg_id = match req.msg_id {
+            Some(id) if req.trusted => id,
+            _ => self.ids.next(),
+        };
         let msg = InboundMessage {
             room: req.room,
             msg_id,
@@ -263,6 +269,7 @@ mod tests {
             kind: MsgKind::Chat,
             payload: None,
             trusted: false,
+            msg_id: None,
         }
     }
 
@@ -341,6 +348,7 @@ mod tests {
         // Trusted requests skip limits and the filter.
         let trusted = ChatRequest {
             trusted: true,
+            msg_id: None,
             ..req("spam")
         };
         assert_eq!(s.submit(trusted).await.unwrap().text, "spam");

@@ -411,3 +411,52 @@ async fn metrics_are_served_in_prometheus_format() {
         assert!(body.contains(name), "missing {name} in\n{body}");
     }
 }
+
+#[tokio::test]
+async fn outbox_rows_reach_the_room_whether_written_by_the_api_or_by_the_backend() {
+    use roomcast_core::outbox::{NewOutboxRow, OutboxStore};
+    let s = api_server(|_| {}).await;
+    let mut viewer = s.client("viewer").await;
+    viewer.join("paid").await;
+
+    let (status, reply) = api(
+        &s,
+        "POST",
+        "/outbox",
+        Some(
+            json!({"room_id": "paid", "kind": "gift", "text": "a yacht!", "user_id": "whale",
+                    "payload": {"gift": "yacht"}}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    let m = viewer.expect("room_msg").await.body;
+    assert_eq!(
+        (m["kind"].as_str(), m["text"].as_str()),
+        (Some("gift"), Some("a yacht!"))
+    );
+    assert_eq!(m["payload"], json!({"gift": "yacht"}));
+
+    // A backend writing the row in its own transaction (here: its own connection to the file).
+    let backend =
+        roomcast_backends::sqlite_outbox::SqliteOutbox::open(&s.dir.path().join("roomcast.db"))
+            .unwrap();
+    backend
+        .insert(NewOutboxRow {
+            room: roomcast_core::ids::RoomId::parse("paid").unwrap(),
+            kind: roomcast_core::model::MsgKind::Follow,
+            user: roomcast_core::ids::UserId::parse("fan").unwrap(),
+            name: None,
+            text: "fan followed".into(),
+            payload: None,
+        })
+        .await
+        .unwrap();
+    let m = viewer.expect("room_msg").await.body;
+    assert_eq!(m["text"], "fan followed");
+    assert_eq!(backend.pending_count().await.unwrap(), 0);
+
+    let (status, reply) = api(&s, "POST", "/outbox", Some(json!({"room_id": "paid"}))).await;
+    assert_eq!(status, 400);
+    assert!(message(&reply).contains("text"), "{reply}");
+}

@@ -1,0 +1,224 @@
+//! The transactional outbox (R22): "event committed ⇒ event delivered".
+//!
+//! A backend that must never lose an event (a paid gift, say) writes a `room_chat_outbox` row in
+//! the same database transaction as its own change — or asks the server API to write it. The
+//! relay publishes pending rows to the bus in id order and marks each one sent afterwards:
+//!
+//! - at-least-once: a crash between publishing and marking publishes that row again after the
+//!   restart. The row's `msg_id` is fixed (and stored) before its first publication, so a
+//!   re-published row carries the same `msg_id` and clients drop the duplicate;
+//! - one relay at a time: a relay publishes only while it holds the outbox lease (renewed every
+//!   cycle, taken over when it expires), so two relays never both publish a row;
+//! - nothing lost: a row stays pending until it is marked, across any number of restarts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::BoxFut;
+use crate::ids::{MsgId, RoomId, UserId};
+use crate::ingest::{ChatRequest, Ingest, IngestError};
+use crate::model::MsgKind;
+use crate::ports::StoreError;
+
+/// One outbox row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// Assigned by the store, increasing: the publishing order.
+    pub id: i64,
+    pub room: RoomId,
+    pub kind: MsgKind,
+    pub user: UserId,
+    pub name: Option<String>,
+    pub text: String,
+    /// JSON text.
+    pub payload: Option<String>,
+    /// Milliseconds since the Unix epoch when the row was written.
+    pub created_ms: u64,
+    /// Fixed before the first publication (see the module docs).
+    pub msg_id: Option<u64>,
+}
+
+/// A row to write (the store assigns `id`).
+#[derive(Debug, Clone)]
+pub struct NewOutboxRow {
+    pub room: RoomId,
+    pub kind: MsgKind,
+    pub user: UserId,
+    pub name: Option<String>,
+    pub text: String,
+    pub payload: Option<String>,
+}
+
+/// Where outbox rows live (the backend's database; SQLite in standalone).
+pub trait OutboxStore: Send + Sync {
+    /// Appends a row; returns its id.
+    fn insert(&self, row: NewOutboxRow) -> BoxFut<'_, Result<i64, StoreError>>;
+    /// Takes or renews the lease for `holder` until `now + ttl`; false while another holder's
+    /// lease is still valid.
+    fn acquire_lease<'a>(
+        &'a self,
+        holder: &'a str,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<bool, StoreError>>;
+    /// Gives the lease up (a clean stop), so another relay need not wait for it to expire.
+    fn release_lease<'a>(&'a self, holder: &'a str) -> BoxFut<'a, Result<(), StoreError>>;
+    /// The oldest pending rows, in id order.
+    fn pending(&self, limit: usize) -> BoxFut<'_, Result<Vec<OutboxRow>, StoreError>>;
+    /// Records the message id a row will be published with.
+    fn assign_msg_id(&self, id: i64, msg_id: u64) -> BoxFut<'_, Result<(), StoreError>>;
+    /// Marks a row published.
+    fn mark_sent(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>>;
+    /// Rows not yet published.
+    fn pending_count(&self) -> BoxFut<'_, Result<u64, StoreError>>;
+}
+
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// This relay's name in the lease.
+    pub holder: String,
+    pub lease_ttl: Duration,
+    /// Pause between polls when the outbox is empty (or the lease is someone else's).
+    pub idle_poll: Duration,
+    /// Rows per cycle.
+    pub batch: usize,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        RelayConfig {
+            holder: "relay".into(),
+            lease_ttl: Duration::from_secs(10),
+            idle_poll: Duration::from_millis(100),
+            batch: 256,
+        }
+    }
+}
+
+/// What one cycle did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cycle {
+    /// Another relay holds the lease.
+    NotLeader,
+    /// Published this many rows (0: nothing pending).
+    Published(usize),
+}
+
+/// Publishes outbox rows through ingest (as a trusted source).
+pub struct OutboxRelay {
+    cfg: RelayConfig,
+    store: Arc<dyn OutboxStore>,
+    ingest: Arc<dyn Ingest>,
+    next_id: Box<dyn Fn() -> MsgId + Send + Sync>,
+    wake: tokio::sync::Notify,
+}
+
+impl OutboxRelay {
+    /// `next_id`: the message-id generator (ingest's).
+    pub fn new(
+        cfg: RelayConfig,
+        store: Arc<dyn OutboxStore>,
+        ingest: Arc<dyn Ingest>,
+        next_id: impl Fn() -> MsgId + Send + Sync + 'static,
+    ) -> Self {
+        OutboxRelay {
+            cfg,
+            store,
+            ingest,
+            next_id: Box::new(next_id),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn OutboxStore> {
+        &self.store
+    }
+
+    /// Asks for a cycle now (after an insert through the API).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// One cycle: lease, then publish pending rows in order, marking each after it is accepted.
+    /// Stops at the first failure (the row stays pending and is retried next cycle).
+    pub async fn cycle(&self) -> Result<Cycle, StoreError> {
+        if !self
+            .store
+            .acquire_lease(&self.cfg.holder, self.cfg.lease_ttl)
+            .await?
+        {
+            return Ok(Cycle::NotLeader);
+        }
+        let rows = self.store.pending(self.cfg.batch.max(1)).await?;
+        let mut done = 0;
+        for row in rows {
+            let id = row.id;
+            let msg_id = match row.msg_id {
+                Some(m) => MsgId(m),
+                None => {
+                    let m = (self.next_id)();
+                    self.store.assign_msg_id(id, m.0).await?;
+                    m
+                }
+            };
+            let req = ChatRequest {
+                room: row.room,
+                user: row.user,
+                name: row.name.map(Into::into),
+                text: row.text,
+                kind: row.kind,
+                payload: row.payload,
+                trusted: true,
+                msg_id: Some(msg_id),
+            };
+            match self.ingest.submit(req).await {
+                Ok(_) => self.store.mark_sent(id).await?,
+                Err(IngestError::Unavailable(why)) => {
+                    tracing::warn!(row = id, error = %why, "outbox: bus unavailable; will retry");
+                    break;
+                }
+                Err(e) => {
+                    // A row that can never be published (bad text): mark it so it cannot block
+                    // the outbox forever, and say so loudly.
+                    tracing::error!(row = id, error = %e, "outbox: row refused; marked sent without publishing");
+                    self.store.mark_sent(id).await?;
+                }
+            }
+            done += 1;
+        }
+        Ok(Cycle::Published(done))
+    }
+
+    /// Runs cycles until `stop` resolves; then gives up the lease.
+    pub async fn run(&self, stop: impl std::future::Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            let pause = match self.cycle().await {
+                Ok(Cycle::Published(n)) if n > 0 => Duration::ZERO,
+                Ok(_) => self.cfg.idle_poll,
+                Err(e) => {
+                    tracing::warn!(error = %e, "outbox relay cycle failed");
+                    self.cfg.idle_poll * 5
+                }
+            };
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            } else if futures_ready(&mut stop) {
+                break;
+            }
+        }
+        if let Err(e) = self.store.release_lease(&self.cfg.holder).await {
+            tracing::warn!(error = %e, "outbox relay could not release its lease");
+        }
+    }
+}
+
+/// Whether a pinned future is already complete (without waiting).
+fn futures_ready<F: std::future::Future<Output = ()>>(f: &mut std::pin::Pin<&mut F>) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    f.as_mut().poll(&mut cx).is_ready()
+}
