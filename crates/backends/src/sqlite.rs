@@ -153,6 +153,9 @@ impl SqliteStore {
 fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>, retention: Option<Duration>) {
     let mut last_prune = Instant::now();
     let mut cmds = Vec::with_capacity(1024);
+    // Once a batch could not be written, this run must not be recorded as clean: the next start
+    // gives rooms new epochs instead of handing out the lost batch's seq numbers again.
+    let mut lost_writes = false;
     loop {
         let Some(first) = rx.blocking_recv() else {
             return;
@@ -175,6 +178,7 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>, retention: Opt
             && let Err(e) = write_batches(&mut conn, &batches)
         {
             tracing::error!(error = %e, batches = batches.len(), "cannot write messages to SQLite");
+            lost_writes = true;
         }
         if let Some(keep) = retention
             && last_prune.elapsed() > Duration::from_secs(3600)
@@ -198,7 +202,11 @@ fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>, retention: Opt
                     let _ = done.send(());
                 }
                 Cmd::Close(done) => {
-                    if let Err(e) =
+                    if lost_writes {
+                        tracing::warn!(
+                            "messages were lost this run; not recording a clean shutdown"
+                        );
+                    } else if let Err(e) =
                         conn.execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
                     {
                         tracing::error!(error = %e, "cannot record clean shutdown");

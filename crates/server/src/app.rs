@@ -213,9 +213,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         });
     }
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ready = {
@@ -293,6 +292,20 @@ impl Running {
             .context("cannot flush the message store")?;
         Ok(())
     }
+}
+
+/// Pending connections the kernel holds for `accept`: a mass reconnect after a restart brings
+/// thousands at once (tokio's default backlog is 128).
+const LISTEN_BACKLOG: i32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// Runs until `stop` resolves, then shuts down.

@@ -408,7 +408,7 @@ impl Gateway {
         }
     }
 
-    fn drop_slow(&self, conn: &Arc<Conn>) {
+    pub(crate) fn drop_slow(&self, conn: &Arc<Conn>) {
         tracing::info!(conn = %conn.id, peer = %conn.peer, "disconnecting a slow reader");
         self.deps.metrics.slow_disconnects.inc();
         self.close_conn(

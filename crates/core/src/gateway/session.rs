@@ -20,7 +20,7 @@ use roomcast_proto::ws::{self, Decoder, Message, Opcode, close};
 use roomcast_proto::{Op, text};
 
 use super::Gateway;
-use super::conn::{Closing, Conn};
+use super::conn::{Closing, Conn, Sent};
 use crate::BoxFut;
 use crate::auth::Identity;
 use crate::history::HistoryQuery;
@@ -147,6 +147,14 @@ impl Session {
     }
 }
 
+/// Sends a frame that must not be dropped; a client that keeps asking without reading its
+/// replies is disconnected as a slow reader instead of growing its queue without bound.
+fn send_reply(gw: &Arc<Gateway>, conn: &Arc<Conn>, frame: &Bytes) {
+    if conn.send(frame, false, gw.limits(), gw.metrics()) == Sent::TooSlow {
+        gw.drop_slow(conn);
+    }
+}
+
 /// Everything a handler may use.
 pub struct Ctx<'a> {
     pub gw: &'a Arc<Gateway>,
@@ -158,8 +166,7 @@ impl Ctx<'_> {
     /// Sends a reply (or any frame that must not be dropped) to this connection.
     pub fn reply<T: Body>(&self, op: Op, seq: u32, body: &T) {
         let frame = single_frame(self.conn.wire(), op, seq, body);
-        self.conn
-            .send(&frame, false, self.gw.limits(), self.gw.metrics());
+        send_reply(self.gw, self.conn, &frame);
     }
 }
 
@@ -516,7 +523,7 @@ fn send_error(
             room_id: e.room_id.clone(),
         },
     );
-    conn.send(&frame, false, gw.limits(), gw.metrics());
+    send_reply(gw, conn, &frame);
     if let Some(code) = e.close {
         conn.close(
             Closing {
@@ -599,7 +606,7 @@ async fn complete_login(
     let user = identity.user.clone();
     s.identity = Some(identity);
     let frame = single_frame(conn.wire(), Op::LoginOk, seq, &reply);
-    conn.send(&frame, false, gw.limits(), gw.metrics());
+    send_reply(gw, conn, &frame);
     // Whatever critical messages wait for this user, after login_ok.
     gw.deliver_pending(&user).await;
 }

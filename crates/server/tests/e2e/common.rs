@@ -196,6 +196,11 @@ impl Client {
         }
     }
 
+    /// Sends a text frame; false once the connection is gone.
+    pub async fn try_send_text(&mut self, text: &str) -> bool {
+        self.ws.send(Message::text(text)).await.is_ok()
+    }
+
     pub async fn login(&mut self, token: &str) -> Packet {
         let seq = self.send(Op::Login, json!({ "token": token })).await;
         self.reply(seq).await

@@ -84,3 +84,40 @@ async fn a_slow_reader_is_dropped_while_the_others_keep_up() {
     assert_eq!(m["text"], "still flowing");
     assert_eq!(fast.call(Op::Heartbeat, json!({})).await.op, "heartbeat_ok");
 }
+
+/// A client that sends requests and never reads the replies does not grow its queue without
+/// bound: past the limit it is disconnected like any slow reader.
+#[tokio::test]
+async fn a_client_that_never_reads_its_replies_is_disconnected() {
+    let s = TestServer::start_with(|c| {
+        c.gateway.send_queue_bytes = 16 * 1024;
+        c.gateway.socket_send_buffer = 16 * 1024;
+        // Only the queue limit may end it here, not the slow-reader timeout.
+        c.gateway.slow_reader_timeout_s = 600;
+    })
+    .await;
+    let mut c = Client::connect_small_buffer(&s.url(), s.addr).await;
+    assert_eq!(c.login(&s.token("flooder")).await.op, "login_ok");
+    let batch: Vec<_> = (0..1000)
+        .map(|i| json!({"op": "heartbeat", "seq": i + 10, "body": {}}))
+        .collect();
+    let frame = serde_json::to_string(&batch).unwrap();
+    let metrics = s.running().metrics.clone();
+    let flood = async {
+        for _ in 0..200 {
+            if metrics.slow_disconnects.get() == 1 || !c.try_send_text(&frame).await {
+                break; // disconnected, or the server is gone
+            }
+        }
+    };
+    // Without the limit the writes above block once the server stops reading a dead session.
+    let _ = tokio::time::timeout(WAIT, flood).await;
+    s.eventually("the flooder is disconnected", |r| {
+        r.metrics.slow_disconnects.get() == 1
+    })
+    .await;
+    // Others are unaffected.
+    let mut other = s.client("other").await;
+    other.join("r").await;
+    assert_eq!(other.chat("r", "still fine").await.op, "chat_ok");
+}
