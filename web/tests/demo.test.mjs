@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, mkdirSync, rmSync } from "node:fs";
+import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
@@ -18,15 +18,19 @@ mkdirSync(ARTIFACTS, { recursive: true });
 let server;
 let base;
 let browser;
-let dataDir;
+const dataDirs = [];
 
 async function startServer() {
-  dataDir = mkdtempSync(join(tmpdir(), "roomcast-web-"));
+  const dataDir = mkdtempSync(join(tmpdir(), "roomcast-web-"));
+  dataDirs.push(dataDir);
+  const words = join(dataDir, "words.txt");
+  writeFileSync(words, "forbiddenword\n");
   const child = spawn(BIN, ["standalone", "--listen", "127.0.0.1:0", "--data-dir", dataDir], {
     // Only this test's settings: any ROOMCAST_* variable would be read as config.
     env: {
       ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_"))),
       ROOMCAST_LOG: "warn",
+      ROOMCAST_INGEST__WORDS_FILE: words,
     },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -38,7 +42,7 @@ async function startServer() {
     });
     child.on("exit", (code) => reject(new Error(`server exited early (${code})`)));
   });
-  return { child, url: `http://${addr}` };
+  return { child, url: `http://${addr}`, dataDir };
 }
 
 async function stopServer(s) {
@@ -59,7 +63,7 @@ before(async () => {
 after(async () => {
   await browser?.close();
   if (server) await stopServer(server);
-  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+  for (const d of dataDirs) rmSync(d, { recursive: true, force: true });
 });
 
 /** A viewer in its own browser context (own storage = own user). */
@@ -170,6 +174,27 @@ test("sending too fast shows the rate-limit toast", async () => {
   await toast.first().waitFor();
   await gina.page.screenshot({ path: join(ARTIFACTS, "rate-limited.png") });
   await gina.context.close();
+});
+
+test("rejected content and a mute show their toasts", async () => {
+  const kim = await viewer("Kim", "moderated");
+  await say(kim.page, "this has forbiddenword in it");
+  await kim.page.locator(".toast", { hasText: "aren't allowed" }).first().waitFor();
+  assert.equal(await chatLine(kim.page, "forbiddenword").count(), 0);
+
+  // The platform mutes Kim in this room through the server API.
+  const userId = await kim.page.evaluate(() => JSON.parse(localStorage.getItem("roomcast.session")).user_id);
+  const key = readFileSync(join(server.dataDir, "api_key"), "utf8").trim();
+  const r = await fetch(`${base}/api/v1/rooms/moderated/mutes/${userId}`, {
+    method: "PUT",
+    headers: { authorization: `Bearer ${key}`, "content-type": "application/json" },
+    body: JSON.stringify({ duration_s: 600, reason: "test" }),
+  });
+  assert.equal(r.status, 200);
+  await say(kim.page, "can anyone hear me");
+  await kim.page.locator(".toast", { hasText: "muted" }).first().waitFor();
+  await kim.page.screenshot({ path: join(ARTIFACTS, "muted.png") });
+  await kim.context.close();
 });
 
 test("works on a phone-sized viewport", async () => {

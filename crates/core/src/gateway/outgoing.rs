@@ -26,11 +26,14 @@ pub struct Outgoing {
 }
 
 impl Outgoing {
+    /// A room batch. Ordinary messages (chat, likes) may be dropped for a reader that falls
+    /// behind; a batch with a high-priority event (gift, follow, system, admin) may not (R18).
     pub fn batch(batch: Arc<RoomBatch>) -> Self {
+        let droppable = !batch.msgs.iter().any(|m| high_priority(&m.kind));
         Outgoing {
             content: Content::Batch(batch),
             frames: Default::default(),
-            droppable: true,
+            droppable,
         }
     }
 
@@ -80,6 +83,51 @@ impl Outgoing {
                 );
                 b.finish()
             }
+        }
+    }
+}
+
+/// Kinds that are never dropped for a slow reader.
+pub fn high_priority(kind: &str) -> bool {
+    matches!(kind, "gift" | "follow" | "system" | "admin")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RoomMsg;
+
+    fn batch(kinds: &[&str]) -> Arc<RoomBatch> {
+        Arc::new(RoomBatch {
+            room: RoomId::parse("r").unwrap(),
+            epoch: 1,
+            msgs: kinds
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    Arc::new(RoomMsg {
+                        room_id: "r".into(),
+                        msg_id: i as u64,
+                        seq: i as u64 + 1,
+                        user_id: "u".into(),
+                        name: None,
+                        text: "t".into(),
+                        kind: (*k).into(),
+                        ts: 0,
+                        epoch: 1,
+                        payload: None,
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    #[test]
+    fn only_ordinary_batches_may_be_dropped() {
+        assert!(Outgoing::batch(batch(&["chat", "like", "chat"])).droppable);
+        assert!(!Outgoing::batch(batch(&["chat", "gift"])).droppable);
+        for k in ["follow", "system", "admin"] {
+            assert!(!Outgoing::batch(batch(&[k])).droppable, "{k}");
         }
     }
 }
