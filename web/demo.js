@@ -233,12 +233,15 @@ $("say").addEventListener("submit", async (e) => {
   e.preventDefault();
   const text = $("text").value.trim();
   if (!text || !client) return;
+  // Cleared at once, so the next line can be typed while this one is on its way.
+  $("text").value = "";
   try {
     await client.chat(room, text);
-    $("text").value = "";
   } catch (err) {
     const [msg, kind] = explain(err);
     toast(msg, kind);
+    // Give the text back unless something new was typed meanwhile.
+    if (!$("text").value) $("text").value = text;
   }
 });
 
