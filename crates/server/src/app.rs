@@ -54,6 +54,7 @@ pub struct Running {
     bus: Arc<MemoryBus>,
     store: Arc<dyn MessageStore>,
     grace: Duration,
+    drain: Duration,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -264,6 +265,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         bus,
         store,
         grace: Duration::from_millis(config.shutdown_grace_ms),
+        drain: Duration::from_millis(config.shutdown_drain_ms),
         shutting_down,
     })
 }
@@ -272,6 +274,10 @@ impl Running {
     /// Stops everything in order (see the module docs).
     pub async fn shutdown(self) -> anyhow::Result<()> {
         self.shutting_down.store(true, Ordering::Relaxed);
+        if !self.drain.is_zero() {
+            // Not ready any more, still serving: the load balancer moves new clients elsewhere.
+            tokio::time::sleep(self.drain).await;
+        }
         let _ = self.stop_http.send(true);
         // The relay first (it publishes into the bus; unpublished rows wait for the next run).
         let _ = self.stop_relay.send(true);

@@ -27,6 +27,9 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Time given to clients to close, and to the store to flush, at shutdown.
     pub shutdown_grace_ms: u64,
+    /// At shutdown, `/readyz` answers 503 for this long before the listener closes, so a load
+    /// balancer stops sending new clients first (0: close at once).
+    pub shutdown_drain_ms: u64,
     pub auth: AuthConfig,
     pub api: ApiConfig,
     pub dev: DevConfig,
@@ -114,6 +117,7 @@ impl Default for Config {
             node_id: None,
             log_format: LogFormat::Text,
             shutdown_grace_ms: 5000,
+            shutdown_drain_ms: 0,
             auth: AuthConfig::default(),
             api: ApiConfig::default(),
             dev: DevConfig::default(),

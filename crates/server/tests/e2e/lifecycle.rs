@@ -97,3 +97,28 @@ async fn health_endpoints() {
     );
     assert!(get("/nope").await.starts_with("HTTP/1.1 404"));
 }
+
+#[tokio::test]
+async fn a_draining_server_is_not_ready_but_still_serves() {
+    let mut s = TestServer::start_with(|c| c.shutdown_drain_ms = 60_000).await;
+    let addr = s.addr;
+    let mut c = s.client("stays").await;
+    c.join("r").await;
+    let running = s.running.take().unwrap();
+    let stopping = tokio::spawn(running.shutdown());
+    // Wait for the drain to begin (readiness flips), then check it still serves.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (status, _, _) = http(addr, "GET", "/readyz", &[], "").await;
+        if status == 503 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never drained");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(http(addr, "GET", "/healthz", &[], "").await.0, 200);
+    assert_eq!(c.chat("r", "still here").await.op, "chat_ok");
+    let mut late = s.client("late").await;
+    late.join("r").await;
+    stopping.abort();
+}
