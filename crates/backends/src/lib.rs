@@ -8,3 +8,5 @@ pub mod sqlite;
 pub mod sqlite_acks;
 #[cfg(feature = "sqlite")]
 pub mod sqlite_outbox;
+#[cfg(feature = "sqlite")]
+mod sqlite_shared;

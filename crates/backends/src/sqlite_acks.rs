@@ -3,10 +3,8 @@
 //! durable before the message is sent, so a restart loses nothing).
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::sqlite_shared::SharedConn;
 use roomcast_core::BoxFut;
 use roomcast_core::ids::{RoomId, UserId};
 use roomcast_core::ports::{AckStore, PendingCritical, StoreError};
@@ -28,42 +26,21 @@ CREATE TABLE IF NOT EXISTS ack_pending (
 ";
 
 pub struct SqliteAckStore {
-    conn: Arc<Mutex<Connection>>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    conn: SharedConn,
 }
 
 impl SqliteAckStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(unavailable)?;
-        }
-        let conn = Connection::open(path).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.execute_batch(SCHEMA).map_err(unavailable)?;
         Ok(SqliteAckStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: SharedConn::open(path, SCHEMA)?,
         })
     }
 
     fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFut<'_, Result<T, StoreError>> {
-        let conn = self.conn.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || f(&conn.lock()))
-                .await
-                .map_err(unavailable)?
-                .map_err(unavailable)
-        })
+        self.conn.run(f)
     }
 }
 

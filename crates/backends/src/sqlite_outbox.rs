@@ -3,10 +3,9 @@
 //! relay lease (`room_chat_outbox_lease`).
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
+use crate::sqlite_shared::SharedConn;
 use roomcast_core::BoxFut;
 use roomcast_core::clock::now_ms;
 use roomcast_core::ids::{RoomId, UserId};
@@ -38,28 +37,13 @@ CREATE TABLE IF NOT EXISTS room_chat_outbox_lease (
 ";
 
 pub struct SqliteOutbox {
-    conn: Arc<Mutex<Connection>>,
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(e.to_string())
+    conn: SharedConn,
 }
 
 impl SqliteOutbox {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(unavailable)?;
-        }
-        let conn = Connection::open(path).map_err(unavailable)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(unavailable)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(unavailable)?;
-        conn.execute_batch(SCHEMA).map_err(unavailable)?;
         Ok(SqliteOutbox {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: SharedConn::open(path, SCHEMA)?,
         })
     }
 
@@ -67,13 +51,7 @@ impl SqliteOutbox {
         &self,
         f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> BoxFut<'_, Result<T, StoreError>> {
-        let conn = self.conn.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || f(&mut conn.lock()))
-                .await
-                .map_err(unavailable)?
-                .map_err(unavailable)
-        })
+        self.conn.run(f)
     }
 }
 
@@ -239,6 +217,7 @@ mod tests {
     use roomcast_core::model::InboundMessage;
     use roomcast_core::outbox::{Cycle, OutboxRelay, RelayConfig};
     use roomcast_core::ports::BusConsumer;
+    use std::sync::Arc;
 
     fn row(text: &str) -> NewOutboxRow {
         NewOutboxRow {

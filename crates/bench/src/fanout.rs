@@ -732,25 +732,23 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             }
         }
 
-        // Drain: until every expected delivery arrived, or nothing moved for two seconds.
-        let expected: u64 = accepted
-            .per_room
-            .iter()
-            .zip(&acc0)
-            .zip(&subs_per_room)
-            .map(|((c, before), subs)| (c.load(Relaxed) - before) * subs)
-            .sum();
-        let mut last = subs.delivered();
-        let mut still_since = Instant::now();
-        loop {
-            let now = subs.delivered();
-            let expected_now: u64 = accepted
+        // Deliveries owed for what was accepted so far in this step.
+        let owed = || -> u64 {
+            accepted
                 .per_room
                 .iter()
                 .zip(&acc0)
                 .zip(&subs_per_room)
                 .map(|((c, before), subs)| (c.load(Relaxed) - before) * subs)
-                .sum();
+                .sum()
+        };
+        // Drain: until every expected delivery arrived, or nothing moved for two seconds.
+        let expected = owed();
+        let mut last = subs.delivered();
+        let mut still_since = Instant::now();
+        loop {
+            let now = subs.delivered();
+            let expected_now = owed();
             if now - delivered0 >= expected_now && expected_now >= expected {
                 break;
             }
@@ -765,13 +763,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         if let Some(b) = &bar {
             b.finish_and_clear();
         }
-        let expected: u64 = accepted
-            .per_room
-            .iter()
-            .zip(&acc0)
-            .zip(&subs_per_room)
-            .map(|((c, before), subs)| (c.load(Relaxed) - before) * subs)
-            .sum();
+        let expected = owed();
         let delivered = subs.delivered() - delivered0;
         let hist = subs.end_step(step).await?;
         let cpu1 = a.server_pid.map(sample_server).transpose()?;
