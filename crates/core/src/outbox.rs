@@ -150,7 +150,17 @@ impl OutboxRelay {
         }
         let rows = self.store.pending(self.cfg.batch.max(1)).await?;
         let mut done = 0;
-        for row in rows {
+        for (i, row) in rows.into_iter().enumerate() {
+            // Still ours? (Renewed before every row, so a relay that stalled past its lease
+            // stops instead of publishing alongside its successor.)
+            if i > 0
+                && !self
+                    .store
+                    .acquire_lease(&self.cfg.holder, self.cfg.lease_ttl)
+                    .await?
+            {
+                break;
+            }
             let id = row.id;
             let msg_id = match row.msg_id {
                 Some(m) => MsgId(m),
