@@ -79,6 +79,7 @@ export interface ClientEvents {
   online: CustomEvent<Online>;
   critical: CustomEvent<Critical>;
   joined: CustomEvent<JoinOk>;
+  gap: CustomEvent<{ room_id: string; epoch: number }>;
   servererror: CustomEvent<ErrorBody>;
   kicked: CustomEvent<{ code: string; reason: string }>;
   reconnecting: CustomEvent<{ attempt: number; delay_ms: number; reason: string }>;

@@ -14,6 +14,7 @@
 //   "online"       {room_id, count}
 //   "critical"     critical body (acked automatically, each msg_id once)
 //   "joined"       join_ok body (history included), on first join and every re-join
+//   "gap"          {room_id, epoch}  a re-join could not fill a gap (history too short)
 //   "servererror"  error body that answers no pending request
 //   "kicked"       {code, reason}   the server closed this session on purpose (no reconnect)
 //   "reconnecting" {attempt, delay_ms, reason}
@@ -82,7 +83,9 @@ export class RoomcastClient extends EventTarget {
   /** Connects and logs in; resolves with the login_ok body. Reconnects on its own afterwards. */
   connect() {
     this.closedByUser = false;
+    if (this.session) return Promise.resolve(this.session);
     if (this.connecting) return this.connecting;
+    clearTimeout(this.reconnectTimer);
     this.connecting = this._open().finally(() => {
       this.connecting = null;
     });
@@ -127,6 +130,10 @@ export class RoomcastClient extends EventTarget {
 
   async _open() {
     const token = this.opts.getToken ? await this.opts.getToken() : this.opts.token;
+    if (this.closedByUser) {
+      throw new RoomcastError({ code: "disconnected", message: "closed by the application" });
+    }
+    if (this.ws && this.ws.readyState <= 1) this.ws.close(1000, "replaced");
     const ws = new this.WebSocketImpl(this.url, ["roomcast.v1.json"]);
     this.ws = ws;
     await new Promise((resolve, reject) => {
@@ -165,35 +172,51 @@ export class RoomcastClient extends EventTarget {
     if (rejoin) body.since = { epoch: st.epoch, seq: st.seq };
     st.early = [];
     st.joining = true;
-    const ok = await this._request("join", body);
-    st.joining = false;
-    const fresh = st.epoch !== ok.epoch;
-    const history_msgs = ok.history || [];
+    let ok;
+    try {
+      ok = await this._request("join", body);
+    } finally {
+      // Whatever happened, stop holding messages back.
+      st.joining = false;
+      const early = st.early;
+      st.early = [];
+      if (!ok) for (const m of early) this._deliver(st, m, false);
+    }
+    const msgs = ok.history || [];
     if (rejoin) {
-      // Fill the gap: after a restart of the room's stream (new epoch) everything is new.
-      for (const m of history_msgs) this._deliver(st, m, true, fresh);
+      // Fill the gap (after a new epoch, everything of the new epoch is new).
+      for (const m of msgs) this._deliver(st, m, true);
+      if (ok.recovered === false) this._emit("gap", { room_id: roomId, epoch: ok.epoch });
     } else {
       st.epoch = ok.epoch;
-      st.seq = history_msgs.length ? history_msgs[history_msgs.length - 1].seq : ok.last_seq || 0;
+      st.seq = msgs.length ? msgs[msgs.length - 1].seq : ok.last_seq || 0;
     }
     if (ok.last_seq !== undefined && st.epoch === ok.epoch && ok.last_seq > st.seq) {
       st.seq = ok.last_seq;
     }
     st.joined = true;
     this._emit("joined", ok);
-    // Messages that arrived before join_ok: keep those after the history.
+    // Messages that arrived before join_ok: those after the history.
     const early = st.early;
     st.early = [];
-    for (const m of early) this._deliver(st, m, false, false);
+    for (const m of early) this._deliver(st, m, false);
     return ok;
   }
 
-  _deliver(st, m, replayed, newEpoch) {
-    if (newEpoch || m.epoch !== st.epoch) {
+  _deliver(st, m, replayed) {
+    if (m.epoch !== st.epoch) {
       st.epoch = m.epoch;
       st.seq = 0;
+    } else if (m.seq <= st.seq) {
+      return; // already seen
+    } else if (!replayed && st.joined && m.seq > st.seq + 1 && !st.joining) {
+      // A hole (the server dropped messages while this client read slowly): re-join from the
+      // last message seen; this one is delivered after the gap is filled.
+      const roomId = m.room_id;
+      this._join(roomId, this.opts.history).catch((e) => this._emit("servererror", e.body || e));
+      st.early.push(m);
+      return;
     }
-    if (m.seq <= st.seq) return; // already seen
     st.seq = m.seq;
     this._emit("message", replayed ? { ...m, replayed: true } : m);
   }
@@ -248,7 +271,7 @@ export class RoomcastClient extends EventTarget {
         const st = this.rooms.get(body.room_id);
         if (!st) return;
         if (st.joining) st.early.push(body);
-        else this._deliver(st, body, false, false);
+        else this._deliver(st, body, false);
         return;
       }
       case "online":
@@ -304,8 +327,8 @@ export class RoomcastClient extends EventTarget {
       this.connect().catch((e) => {
         if (this.closedByUser) return;
         const transient = e.code === "disconnected" || e.code === "timeout";
-        // A refused token is final unless getToken can fetch a new one.
-        if (transient || this.opts.getToken) this._scheduleReconnect(e.message);
+        // A refused token is final unless getToken can fetch a new one; a ban is final.
+        if (transient || (this.opts.getToken && e.code !== "banned")) this._scheduleReconnect(e.message);
         else this._emit("servererror", e.body || { code: "unauthenticated", message: String(e) });
       });
     }, delay);
@@ -314,7 +337,10 @@ export class RoomcastClient extends EventTarget {
   _startHeartbeat(periodS) {
     this._stopHeartbeat();
     this.heartbeatTimer = setInterval(() => {
-      this._request("heartbeat", {}).catch(() => {});
+      this._request("heartbeat", {}).catch((e) => {
+        // No answer: the connection is dead even if the socket does not know it yet.
+        if (e.code === "timeout" && this.ws) this.ws.close(4000, "heartbeat timeout");
+      });
     }, periodS * 1000);
   }
 

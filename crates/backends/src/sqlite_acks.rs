@@ -106,6 +106,23 @@ impl AckStore for SqliteAckStore {
         })
     }
 
+    fn update(&self, p: &PendingCritical) -> BoxFut<'_, Result<bool, StoreError>> {
+        let (user, msg_id, attempts, next) = (
+            p.user.as_str().to_owned(),
+            p.msg_id as i64,
+            p.attempts,
+            p.next_retry_ms as i64,
+        );
+        self.run(move |c| {
+            c.execute(
+                "UPDATE ack_pending SET attempts = ?3, next_retry_ms = ?4
+                 WHERE user_id = ?1 AND msg_id = ?2",
+                params![user, msg_id, attempts, next],
+            )
+            .map(|n| n > 0)
+        })
+    }
+
     fn count(&self) -> BoxFut<'_, Result<u64, StoreError>> {
         self.run(|c| {
             c.query_row("SELECT COUNT(*) FROM ack_pending", [], |r| {

@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS room_chat_outbox (
     payload    TEXT,
     created_at INTEGER NOT NULL,
     msg_id     INTEGER,
-    sent_at    INTEGER
+    sent_at    INTEGER          -- NULL: pending; -1: failed (unusable, kept for inspection)
 );
 CREATE INDEX IF NOT EXISTS room_chat_outbox_pending ON room_chat_outbox (sent_at, id);
 CREATE TABLE IF NOT EXISTS room_chat_outbox_lease (
@@ -121,54 +121,32 @@ impl OutboxStore for SqliteOutbox {
 
     fn pending(&self, limit: usize) -> BoxFut<'_, Result<Vec<OutboxRow>, StoreError>> {
         self.run(move |c| {
-            let mut st = c.prepare_cached(
-                "SELECT id, room_id, kind, uid, name, content, payload, created_at, msg_id
-                 FROM room_chat_outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
-            )?;
-            let rows = st.query_map(params![limit as i64], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, String>(5)?,
-                    r.get::<_, Option<String>>(6)?,
-                    r.get::<_, i64>(7)?,
-                    r.get::<_, Option<i64>>(8)?,
-                ))
-            })?;
             let mut out = Vec::new();
-            for row in rows {
-                let (id, room, kind, uid, name, text, payload, created, msg_id) = row?;
-                // A row a backend wrote with a bad room, kind or user can never be published;
-                // it is skipped (and reported) rather than blocking the rows behind it.
-                let (Ok(room), Some(kind), Ok(user)) = (
-                    RoomId::parse(&room),
-                    MsgKind::parse(&kind),
-                    UserId::parse(&uid),
-                ) else {
-                    tracing::error!(
-                        row = id,
-                        "outbox row has a bad room_id, kind or uid; skipped"
-                    );
-                    c.execute(
-                        "UPDATE room_chat_outbox SET sent_at = -1 WHERE id = ?1",
-                        params![id],
-                    )?;
-                    continue;
-                };
-                out.push(OutboxRow {
-                    id,
-                    room,
-                    kind,
-                    user,
-                    name,
-                    text,
-                    payload,
-                    created_ms: created as u64,
-                    msg_id: msg_id.map(|m| m as u64),
-                });
+            let mut bad = Vec::new();
+            {
+                let mut st = c.prepare_cached(
+                    "SELECT id, room_id, kind, uid, name, content, payload, created_at, msg_id
+                     FROM room_chat_outbox WHERE sent_at IS NULL ORDER BY id LIMIT ?1",
+                )?;
+                let mut rows = st.query(params![limit as i64])?;
+                while let Some(r) = rows.next()? {
+                    let id: i64 = r.get(0)?;
+                    // A row a backend wrote with a bad value (room, kind, user, a payload that
+                    // is not JSON, a wrongly typed column) can never be published: it is set
+                    // aside (reported) rather than blocking the rows behind it.
+                    match row_of(id, r) {
+                        Some(row) => out.push(row),
+                        None => bad.push(id),
+                    }
+                }
+            }
+            // Updated after the scan, not while the SELECT walks the same index.
+            for id in bad {
+                tracing::error!(row = id, "outbox row has a bad value; marked failed");
+                c.execute(
+                    "UPDATE room_chat_outbox SET sent_at = -1 WHERE id = ?1",
+                    params![id],
+                )?;
             }
             Ok(out)
         })
@@ -194,6 +172,16 @@ impl OutboxStore for SqliteOutbox {
         })
     }
 
+    fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
+        self.run(move |c| {
+            c.execute(
+                "UPDATE room_chat_outbox SET sent_at = -1 WHERE id = ?1",
+                params![id],
+            )
+            .map(|_| ())
+        })
+    }
+
     fn pending_count(&self) -> BoxFut<'_, Result<u64, StoreError>> {
         self.run(|c| {
             c.query_row(
@@ -204,6 +192,32 @@ impl OutboxStore for SqliteOutbox {
             .map(|n| n as u64)
         })
     }
+}
+
+/// One row, or `None` when any value is unusable.
+fn row_of(id: i64, r: &rusqlite::Row<'_>) -> Option<OutboxRow> {
+    let room = RoomId::parse(&r.get::<_, String>(1).ok()?).ok()?;
+    let kind = MsgKind::parse(&r.get::<_, String>(2).ok()?)?;
+    let user = UserId::parse(&r.get::<_, String>(3).ok()?).ok()?;
+    let name: Option<String> = r.get(4).ok()?;
+    let text: String = r.get(5).ok()?;
+    let payload: Option<String> = r.get(6).ok()?;
+    if let Some(p) = &payload {
+        serde_json::from_str::<&serde_json::value::RawValue>(p).ok()?;
+    }
+    let created: i64 = r.get(7).ok()?;
+    let msg_id: Option<i64> = r.get(8).ok()?;
+    Some(OutboxRow {
+        id,
+        room,
+        kind,
+        user,
+        name,
+        text,
+        payload,
+        created_ms: created as u64,
+        msg_id: msg_id.map(|m| m as u64),
+    })
 }
 
 #[cfg(test)]
@@ -306,6 +320,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rows_a_backend_got_wrong_are_set_aside_not_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let s = SqliteOutbox::open(&path).unwrap();
+        let raw = rusqlite::Connection::open(&path).unwrap();
+        for (room, kind, payload, created) in [
+            ("r", "gift", Some("{not json"), "1"),
+            ("r", "rocket", None, "1"),
+            ("bad room!", "gift", None, "1"),
+            ("r", "gift", None, "yesterday"),
+            ("r", "gift", Some(r#"{"ok":true}"#), "1"),
+        ] {
+            raw.execute(
+                "INSERT INTO room_chat_outbox (room_id, kind, uid, content, payload, created_at)
+                 VALUES (?1, ?2, 'u', 'text', ?3, ?4)",
+                params![room, kind, payload, created],
+            )
+            .unwrap();
+        }
+        let p = s.pending(10).await.unwrap();
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].payload.as_deref(), Some(r#"{"ok":true}"#));
+        assert_eq!(s.pending_count().await.unwrap(), 1);
+        let failed: i64 = raw
+            .query_row(
+                "SELECT COUNT(*) FROM room_chat_outbox WHERE sent_at = -1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(failed, 4, "kept in the table, out of the queue");
+    }
+
+    #[tokio::test]
     async fn one_lease_holder_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.db");
@@ -360,6 +408,9 @@ mod tests {
                     return Box::pin(std::future::ready(Err(StoreError::Closed)));
                 }
                 self.inner.mark_sent(id)
+            }
+            fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
+                self.inner.mark_failed(id)
             }
             fn pending_count(&self) -> BoxFut<'_, Result<u64, StoreError>> {
                 self.inner.pending_count()

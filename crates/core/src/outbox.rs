@@ -68,6 +68,8 @@ pub trait OutboxStore: Send + Sync {
     fn assign_msg_id(&self, id: i64, msg_id: u64) -> BoxFut<'_, Result<(), StoreError>>;
     /// Marks a row published.
     fn mark_sent(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>>;
+    /// Marks a row that can never be published (it stays in the table, out of the queue).
+    fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>>;
     /// Rows not yet published.
     fn pending_count(&self) -> BoxFut<'_, Result<u64, StoreError>>;
 }
@@ -187,10 +189,10 @@ impl OutboxRelay {
                     break;
                 }
                 Err(e) => {
-                    // A row that can never be published (bad text): mark it so it cannot block
-                    // the outbox forever, and say so loudly.
-                    tracing::error!(row = id, error = %e, "outbox: row refused; marked sent without publishing");
-                    self.store.mark_sent(id).await?;
+                    // A row that can never be published (its text fails the checks): set aside
+                    // so it cannot block the outbox, kept in the table, and reported loudly.
+                    tracing::error!(row = id, error = %e, "outbox: row refused by ingest; marked failed");
+                    self.store.mark_failed(id).await?;
                 }
             }
             done += 1;

@@ -207,6 +207,9 @@ pub trait AckStore: Send + Sync {
         &'a self,
         user: &'a UserId,
     ) -> BoxFut<'a, Result<Vec<PendingCritical>, StoreError>>;
+    /// Records another attempt of an existing entry (`attempts`, `next_retry_ms`); false when
+    /// the entry is gone (acknowledged meanwhile) — it is never re-created.
+    fn update(&self, p: &PendingCritical) -> BoxFut<'_, Result<bool, StoreError>>;
     /// Entries of all users, for metrics and tests.
     fn count(&self) -> BoxFut<'_, Result<u64, StoreError>>;
 }

@@ -133,6 +133,15 @@ pub async fn ack_store_suite(store: &dyn crate::ports::AckStore) {
     assert_eq!(store.pending(&alice).await.unwrap()[1], again);
     assert_eq!(store.count().await.unwrap(), 4);
 
+    // Recording an attempt updates an entry but never re-creates an acknowledged one.
+    let mut third = again.clone();
+    third.attempts = 4;
+    assert!(store.update(&third).await.unwrap());
+    assert_eq!(store.pending(&alice).await.unwrap()[1].attempts, 4);
+    let gone = entry(&alice, 99);
+    assert!(!store.update(&gone).await.unwrap());
+    assert_eq!(store.count().await.unwrap(), 4);
+
     // Acks are per user.
     assert!(store.remove(&alice, 10).await.unwrap());
     assert!(!store.remove(&alice, 10).await.unwrap(), "only once");

@@ -579,21 +579,33 @@ struct SanctionReq {
     reason: Option<String>,
 }
 
-fn optional_body(b: Result<Json<SanctionReq>, JsonRejection>) -> Result<SanctionReq, ApiError> {
-    match b {
-        Ok(Json(v)) => Ok(v),
-        // An empty body is fine: no duration, no reason.
-        Err(JsonRejection::MissingJsonContentType(_)) => Ok(SanctionReq::default()),
-        Err(e) => Err(bad(e.body_text())),
+/// A body that may be left out: empty means the defaults; anything else must be valid JSON of
+/// the right shape (whatever the content type says — a form-encoded body is an error, not
+/// silently "no body").
+fn optional_json<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| bad(format!("body: {e}")))
+}
+
+/// Ban and mute reasons are shown to the user (close frames allow 123 bytes).
+const MAX_REASON_CHARS: usize = 100;
+
+fn reason_ok(reason: &Option<String>) -> Result<(), ApiError> {
+    match reason {
+        Some(r) if r.chars().count() > MAX_REASON_CHARS => Err(bad(format!(
+            "reason: at most {MAX_REASON_CHARS} characters"
+        ))),
+        _ => Ok(()),
     }
 }
 
-async fn ban(
-    State(s): St,
-    Path(user): Path<String>,
-    b: Result<Json<SanctionReq>, JsonRejection>,
-) -> Response {
-    let (user, req) = match (user_param("user", &user), optional_body(b)) {
+async fn ban(State(s): St, Path(user): Path<String>, b: axum::body::Bytes) -> Response {
+    let (user, req) = match (
+        user_param("user", &user),
+        optional_json::<SanctionReq>(&b).and_then(|r| reason_ok(&r.reason).map(|()| r)),
+    ) {
         (Ok(u), Ok(r)) => (u, r),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
@@ -637,12 +649,12 @@ async fn unban(State(s): St, Path(user): Path<String>) -> Response {
 async fn mute(
     State(s): St,
     Path((room, user)): Path<(String, String)>,
-    b: Result<Json<SanctionReq>, JsonRejection>,
+    b: axum::body::Bytes,
 ) -> Response {
     let (room, user, req) = match (
         room_param(&room),
         user_param("user", &user),
-        optional_body(b),
+        optional_json::<SanctionReq>(&b).and_then(|r| reason_ok(&r.reason).map(|()| r)),
     ) {
         (Ok(r), Ok(u), Ok(b)) => (r, u, b),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
@@ -683,30 +695,22 @@ async fn unmute(State(s): St, Path((room, user)): Path<(String, String)>) -> Res
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct KickReq {
     reason: Option<String>,
 }
 
-async fn kick(
-    State(s): St,
-    Path(user): Path<String>,
-    b: Result<Json<KickReq>, JsonRejection>,
-) -> Response {
+async fn kick(State(s): St, Path(user): Path<String>, b: axum::body::Bytes) -> Response {
     let user = match user_param("user", &user) {
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let reason = match b {
-        Ok(Json(k)) => k.reason,
-        Err(JsonRejection::MissingJsonContentType(_)) => None,
-        Err(e) => return bad(e.body_text()).into_response(),
+    let reason = match optional_json::<KickReq>(&b).and_then(|k| reason_ok(&k.reason).map(|()| k)) {
+        Ok(k) => k.reason,
+        Err(e) => return e.into_response(),
     };
     let reason = reason.unwrap_or_else(|| "removed by a moderator".to_owned());
-    if reason.chars().count() > 200 {
-        return bad("reason: at most 200 characters").into_response();
-    }
     let closed = s.gateway.kick_user(&user, close::KICKED, "kicked", &reason);
     Json(json!({ "user_id": user.as_str(), "closed_connections": closed })).into_response()
 }

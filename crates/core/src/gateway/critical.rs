@@ -55,7 +55,11 @@ impl Gateway {
         };
         for conn in &conns {
             let frame = single_frame(conn.wire(), Op::Critical, 0, &msg);
-            conn.send(&frame, false, &self.limits, &self.deps.metrics);
+            if conn.send(&frame, false, &self.limits, &self.deps.metrics)
+                == super::conn::Sent::TooSlow
+            {
+                self.drop_slow(conn);
+            }
         }
         self.deps.metrics.critical_sent.inc();
         conns.len()
@@ -81,6 +85,11 @@ impl Gateway {
         self.deps.acks.put(p.clone()).await?;
         self.deps.metrics.acks_pending.inc();
         if !online {
+            // A login may have read the store just before the record existed.
+            if !self.user_connections(&p.user).is_empty() {
+                self.attempt(p).await;
+                return Ok(1);
+            }
             return Ok(0);
         }
         let n = self.write_critical(&p);
@@ -113,17 +122,27 @@ impl Gateway {
             }
             return;
         }
-        if self.write_critical(&p) == 0 {
+        if self.user_connections(&p.user).is_empty() {
             return; // offline: it waits in the store for the next login
         }
-        if p.attempts > 0 {
-            self.deps.metrics.ack_retries.inc();
-        }
+        // Recorded before it is sent, and only if still pending: an ack that arrives meanwhile
+        // is never undone by this attempt.
+        let retry = p.attempts > 0;
         p.attempts += 1;
         p.next_retry_ms = now_ms() + self.retry_delay_ms(p.attempts);
-        if let Err(e) = self.deps.acks.put(p.clone()).await {
-            tracing::warn!(user = %p.user, error = %e, "cannot record a critical retry");
+        match self.deps.acks.update(&p).await {
+            Ok(true) => {}
+            Ok(false) => return, // acknowledged meanwhile
+            Err(e) => {
+                tracing::warn!(user = %p.user, error = %e, "cannot record a critical retry; trying later");
+                self.schedule_retry(&p);
+                return;
+            }
         }
+        if retry {
+            self.deps.metrics.ack_retries.inc();
+        }
+        self.write_critical(&p);
         self.schedule_retry(&p);
     }
 
@@ -162,6 +181,10 @@ impl Gateway {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::warn!(user = %user, error = %e, "cannot read pending critical messages");
+                    // Try again in a second rather than waiting for the next login.
+                    self.critical_schedule
+                        .lock()
+                        .push(Reverse((now + 1000, user, msg_id)));
                     continue;
                 }
             };

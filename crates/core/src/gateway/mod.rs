@@ -84,6 +84,8 @@ pub struct Gateway {
     limits: SendLimits,
     /// Retry deadlines of critical messages sent from this node: (ms, user, msg_id).
     critical_schedule: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(u64, UserId, u64)>>>,
+    /// A retry pass is running (passes run in their own task, never two at once).
+    retrying: AtomicBool,
 }
 
 impl Gateway {
@@ -107,6 +109,7 @@ impl Gateway {
             all_closed: tokio::sync::Notify::new(),
             limits,
             critical_schedule: Mutex::new(std::collections::BinaryHeap::new()),
+            retrying: AtomicBool::new(false),
         })
     }
 
@@ -488,7 +491,14 @@ impl Gateway {
                 _ = &mut stop => return,
                 _ = sweep.tick() => self.sweep(),
                 _ = online.tick() => self.push_online(),
-                _ = retry.tick() => self.retry_due_critical().await,
+                // In its own task: store round trips must not delay timeouts or shutdown.
+                _ = retry.tick() => if !self.retrying.swap(true, Relaxed) {
+                    let gw = self.clone();
+                    tokio::spawn(async move {
+                        gw.retry_due_critical().await;
+                        gw.retrying.store(false, Relaxed);
+                    });
+                },
             }
         }
     }

@@ -4,7 +4,8 @@
 //! pipeline, in this order: text checks (length, UTF-8, control and direction-override
 //! characters), bans and mutes, token-bucket limits per user and per room (both or neither), the
 //! sensitive-word filter (reject or mask), then a time-ordered id and the bus. Trusted sources
-//! (the server API) skip the limits and the filter, not the checks.
+//! (the server API, the outbox) skip the limits, the filter, bans and mutes — not the text
+//! checks.
 //!
 //! The gateway reaches ingest through the [`Ingest`] port: a direct call in standalone, gRPC in
 //! the distributed mode. Ingest never talks to connections.
@@ -166,11 +167,14 @@ impl IngestService {
         })?;
 
         let unavailable = |e: &dyn std::fmt::Display| IngestError::Unavailable(e.to_string());
-        if let Some(ban) = self
-            .moderation
-            .banned(&req.user)
-            .await
-            .map_err(|e| unavailable(&e))?
+        // The platform's own messages (API, outbox) are not subject to its users' sanctions: a
+        // paid gift committed by the backend is delivered even if its sender was muted since.
+        if !req.trusted
+            && let Some(ban) = self
+                .moderation
+                .banned(&req.user)
+                .await
+                .map_err(|e| unavailable(&e))?
         {
             self.metrics.count_drop(DropReason::Moderated, 1);
             return Err(IngestError::Banned {
@@ -178,11 +182,12 @@ impl IngestService {
                 reason: ban.reason,
             });
         }
-        if let Some(mute) = self
-            .moderation
-            .muted(&req.room, &req.user)
-            .await
-            .map_err(|e| unavailable(&e))?
+        if !req.trusted
+            && let Some(mute) = self
+                .moderation
+                .muted(&req.room, &req.user)
+                .await
+                .map_err(|e| unavailable(&e))?
         {
             self.metrics.count_drop(DropReason::Moderated, 1);
             return Err(IngestError::Muted {

@@ -55,6 +55,23 @@ impl AckStore for MemoryAckStore {
         ready(v)
     }
 
+    fn update(&self, p: &PendingCritical) -> BoxFut<'_, Result<bool, StoreError>> {
+        let found = match self
+            .users
+            .lock()
+            .get_mut(&p.user)
+            .and_then(|m| m.get_mut(&p.msg_id))
+        {
+            Some(e) => {
+                e.attempts = p.attempts;
+                e.next_retry_ms = p.next_retry_ms;
+                true
+            }
+            None => false,
+        };
+        ready(found)
+    }
+
     fn count(&self) -> BoxFut<'_, Result<u64, StoreError>> {
         let n = self.users.lock().values().map(|m| m.len() as u64).sum();
         ready(n)

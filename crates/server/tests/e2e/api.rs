@@ -460,3 +460,34 @@ async fn outbox_rows_reach_the_room_whether_written_by_the_api_or_by_the_backend
     assert_eq!(status, 400);
     assert!(message(&reply).contains("text"), "{reply}");
 }
+
+#[tokio::test]
+async fn a_moderation_body_that_is_not_json_is_refused_not_ignored() {
+    let s = api_server(|_| {}).await;
+    let auth = format!("Bearer {KEY}");
+    let (status, _, body) = http(
+        s.addr,
+        "PUT",
+        "/api/v1/users/someone/ban",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        "duration_s=60",
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("body"), "{body}");
+    // An empty body is fine (no duration, no reason) — and so is a JSON one.
+    let (status, _) = api(&s, "PUT", "/users/someone/ban", None).await;
+    assert_eq!(status, 200);
+    let (status, reply) = api(
+        &s,
+        "PUT",
+        "/rooms/r/mutes/someone",
+        Some(json!({"reason": "x".repeat(101)})),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(message(&reply).contains("reason"), "{reply}");
+}
