@@ -218,6 +218,12 @@ export class RoomcastClient extends EventTarget {
       return;
     }
     st.seq = m.seq;
+    // The same event published twice (an outbox row re-sent after a crash) gets a new seq but
+    // keeps its msg_id: show it once.
+    st.ids ??= new Set();
+    if (st.ids.has(m.msg_id)) return;
+    st.ids.add(m.msg_id);
+    if (st.ids.size > 1024) st.ids.delete(st.ids.values().next().value);
     this._emit("message", replayed ? { ...m, replayed: true } : m);
   }
 

@@ -273,7 +273,7 @@ impl Metrics {
         counter(
             &mut o,
             "roomcast_critical_sent_total",
-            "Critical messages sent (first attempts).",
+            "Critical messages written to a user's connections (first sends, resends, login deliveries).",
             self.critical_sent.get(),
         );
         counter(

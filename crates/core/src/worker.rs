@@ -62,6 +62,9 @@ impl RoomWorker {
         delivery: Arc<dyn Delivery>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        metrics
+            .batch_window_us
+            .set((cfg.batch_window_ms * 1000) as i64);
         RoomWorker {
             window_us: AtomicU64::new(cfg.batch_window_ms * 1000),
             cfg,

@@ -204,6 +204,17 @@ impl Config {
                 "history.default_count must not exceed history.max_count, which must be positive"
             );
         }
+        if self
+            .api
+            .keys
+            .iter()
+            .any(|k| k.trim().len() < 16 || k.trim() != k)
+        {
+            bail!("api.keys: each key must be at least 16 characters, without surrounding spaces");
+        }
+        if self.dev.token_ttl_s == 0 {
+            bail!("dev.token_ttl_s must be positive");
+        }
         if self.ingest.node_number > 1023 {
             bail!("ingest.node_number must be at most 1023");
         }
@@ -318,6 +329,20 @@ mod tests {
         assert_eq!(c.ingest.user_limit.rate, 1.5);
         assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
         assert_eq!(c.store_url().unwrap(), StoreUrl::Memory);
+    }
+
+    #[test]
+    fn api_keys_must_be_usable() {
+        for keys in [r#"[""]"#, r#"["short"]"#, r#"[" padded-key-0123456789 "]"#] {
+            let e = Config::load_with_env(None, env(&[("ROOMCAST_API__KEYS", keys)])).unwrap_err();
+            assert!(e.to_string().contains("api.keys"), "{keys}: {e}");
+        }
+        let c = Config::load_with_env(
+            None,
+            env(&[("ROOMCAST_API__KEYS", r#"["0123456789abcdef"]"#)]),
+        )
+        .unwrap();
+        assert_eq!(c.api.keys, ["0123456789abcdef"]);
     }
 
     #[test]

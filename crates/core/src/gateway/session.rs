@@ -573,7 +573,14 @@ async fn check_ban(gw: &Arc<Gateway>, identity: &Identity) -> Result<(), ReplyEr
     match banned {
         Some(ban) => Err(ReplyError {
             close: Some(close::BANNED),
-            ..ReplyError::new(ErrorCode::Banned, format!("banned: {}", ban.reason))
+            ..ReplyError::new(
+                ErrorCode::Banned,
+                if ban.reason.is_empty() {
+                    "banned".to_owned()
+                } else {
+                    format!("banned: {}", ban.reason)
+                },
+            )
         }),
         None => Ok(()),
     }

@@ -1,4 +1,5 @@
-//! Pending critical messages in memory (tests; standalone uses SQLite).
+//! Pending critical messages in memory: tests, and standalone with a `memory://` store (the
+//! default SQLite store keeps them in `ack_pending`).
 
 use std::collections::{BTreeMap, HashMap};
 
