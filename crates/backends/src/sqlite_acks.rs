@@ -8,7 +8,7 @@ use crate::sqlite_shared::SharedConn;
 use roomcast_core::BoxFut;
 use roomcast_core::ids::{RoomId, UserId};
 use roomcast_core::ports::{AckStore, PendingCritical, StoreError};
-use rusqlite::{Connection, params};
+use rusqlite::params;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS ack_pending (
@@ -35,18 +35,11 @@ impl SqliteAckStore {
             conn: SharedConn::open(path, SCHEMA)?,
         })
     }
-
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> BoxFut<'_, Result<T, StoreError>> {
-        self.conn.run(f)
-    }
 }
 
 impl AckStore for SqliteAckStore {
     fn put(&self, p: PendingCritical) -> BoxFut<'_, Result<(), StoreError>> {
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "INSERT OR REPLACE INTO ack_pending
                  (user_id, msg_id, kind, room_id, text, payload, ts, attempts, next_retry_ms)
@@ -69,7 +62,7 @@ impl AckStore for SqliteAckStore {
 
     fn remove<'a>(&'a self, user: &'a UserId, msg_id: u64) -> BoxFut<'a, Result<bool, StoreError>> {
         let user = user.as_str().to_owned();
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "DELETE FROM ack_pending WHERE user_id = ?1 AND msg_id = ?2",
                 params![user, msg_id as i64],
@@ -83,7 +76,7 @@ impl AckStore for SqliteAckStore {
         user: &'a UserId,
     ) -> BoxFut<'a, Result<Vec<PendingCritical>, StoreError>> {
         let user = user.clone();
-        self.run(move |c| {
+        self.conn.run(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT msg_id, kind, room_id, text, payload, ts, attempts, next_retry_ms
                  FROM ack_pending WHERE user_id = ?1 ORDER BY msg_id",
@@ -113,7 +106,7 @@ impl AckStore for SqliteAckStore {
             p.attempts,
             p.next_retry_ms as i64,
         );
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "UPDATE ack_pending SET attempts = ?3, next_retry_ms = ?4
                  WHERE user_id = ?1 AND msg_id = ?2",
@@ -124,7 +117,7 @@ impl AckStore for SqliteAckStore {
     }
 
     fn count(&self) -> BoxFut<'_, Result<u64, StoreError>> {
-        self.run(|c| {
+        self.conn.run(|c| {
             c.query_row("SELECT COUNT(*) FROM ack_pending", [], |r| {
                 r.get::<_, i64>(0)
             })

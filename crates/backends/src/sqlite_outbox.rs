@@ -12,7 +12,7 @@ use roomcast_core::ids::{RoomId, UserId};
 use roomcast_core::model::MsgKind;
 use roomcast_core::outbox::{NewOutboxRow, OutboxRow, OutboxStore};
 use roomcast_core::ports::StoreError;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{OptionalExtension, params};
 
 /// The table a backend writes to, in its own transaction.
 pub const SCHEMA: &str = "
@@ -46,18 +46,11 @@ impl SqliteOutbox {
             conn: SharedConn::open(path, SCHEMA)?,
         })
     }
-
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
-    ) -> BoxFut<'_, Result<T, StoreError>> {
-        self.conn.run(f)
-    }
 }
 
 impl OutboxStore for SqliteOutbox {
     fn insert(&self, row: NewOutboxRow) -> BoxFut<'_, Result<i64, StoreError>> {
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "INSERT INTO room_chat_outbox (room_id, kind, uid, name, content, payload, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -81,7 +74,7 @@ impl OutboxStore for SqliteOutbox {
         ttl: Duration,
     ) -> BoxFut<'a, Result<bool, StoreError>> {
         let holder = holder.to_owned();
-        self.run(move |c| {
+        self.conn.run(move |c| {
             let now = now_ms() as i64;
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let current: Option<(String, i64)> = tx
@@ -110,7 +103,7 @@ impl OutboxStore for SqliteOutbox {
 
     fn release_lease<'a>(&'a self, holder: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
         let holder = holder.to_owned();
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "DELETE FROM room_chat_outbox_lease WHERE name = 'relay' AND holder = ?1",
                 params![holder],
@@ -120,7 +113,7 @@ impl OutboxStore for SqliteOutbox {
     }
 
     fn pending(&self, limit: usize) -> BoxFut<'_, Result<Vec<OutboxRow>, StoreError>> {
-        self.run(move |c| {
+        self.conn.run(move |c| {
             let mut out = Vec::new();
             let mut bad = Vec::new();
             {
@@ -153,7 +146,7 @@ impl OutboxStore for SqliteOutbox {
     }
 
     fn assign_msg_id(&self, id: i64, msg_id: u64) -> BoxFut<'_, Result<(), StoreError>> {
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "UPDATE room_chat_outbox SET msg_id = ?2 WHERE id = ?1 AND msg_id IS NULL",
                 params![id, msg_id as i64],
@@ -163,7 +156,7 @@ impl OutboxStore for SqliteOutbox {
     }
 
     fn mark_sent(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "UPDATE room_chat_outbox SET sent_at = ?2 WHERE id = ?1",
                 params![id, now_ms() as i64],
@@ -173,7 +166,7 @@ impl OutboxStore for SqliteOutbox {
     }
 
     fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
-        self.run(move |c| {
+        self.conn.run(move |c| {
             c.execute(
                 "UPDATE room_chat_outbox SET sent_at = -1 WHERE id = ?1",
                 params![id],
@@ -183,7 +176,7 @@ impl OutboxStore for SqliteOutbox {
     }
 
     fn pending_count(&self) -> BoxFut<'_, Result<u64, StoreError>> {
-        self.run(|c| {
+        self.conn.run(|c| {
             c.query_row(
                 "SELECT COUNT(*) FROM room_chat_outbox WHERE sent_at IS NULL",
                 [],

@@ -191,6 +191,37 @@ fn text_field(text: Option<String>, max_chars: usize) -> Result<Option<String>, 
     }
 }
 
+/// The message fields shared by publish and the outbox, checked.
+struct MessageFields {
+    kind: MsgKind,
+    text: Option<String>,
+    payload: Option<String>,
+    user: UserId,
+    name: Option<String>,
+}
+
+impl MessageFields {
+    fn parse(
+        kind: Option<&str>,
+        text: Option<String>,
+        payload: Option<Value>,
+        user_id: Option<&str>,
+        name: Option<&str>,
+        max_chars: usize,
+    ) -> Result<Self, ApiError> {
+        Ok(MessageFields {
+            kind: kind_field(kind, MsgKind::System)?,
+            text: text_field(text, max_chars)?,
+            payload: payload_field(payload)?,
+            user: user_param("user_id", user_id.unwrap_or("system"))?,
+            name: match name {
+                Some(n) => Some(crate::web::check_name(n).map_err(bad)?.to_owned()),
+                None => None,
+            },
+        })
+    }
+}
+
 fn sanction(duration_s: Option<u64>, reason: Option<String>) -> Sanction {
     Sanction {
         until_ms: duration_s.map(|d| now_ms().saturating_add(d.saturating_mul(1000))),
@@ -328,20 +359,22 @@ async fn publish(
         (Ok(r), Ok(b)) => (r, b),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let max_chars = s.ingest.config().max_text_chars;
-    let parsed = (|| {
-        let kind = kind_field(req.kind.as_deref(), MsgKind::System)?;
-        let text = text_field(req.text, max_chars)?;
-        let payload = payload_field(req.payload)?;
-        let user = user_param("user_id", req.user_id.as_deref().unwrap_or("system"))?;
-        let name = match req.name.as_deref() {
-            Some(n) => Some(crate::web::check_name(n).map_err(bad)?.to_owned()),
-            None => None,
-        };
-        Ok::<_, ApiError>((kind, text, payload, user, name))
-    })();
-    let (kind, text, payload, user, name) = match parsed {
-        Ok(v) => v,
+    let fields = MessageFields::parse(
+        req.kind.as_deref(),
+        req.text,
+        req.payload,
+        req.user_id.as_deref(),
+        req.name.as_deref(),
+        s.ingest.config().max_text_chars,
+    );
+    let MessageFields {
+        kind,
+        text,
+        payload,
+        user,
+        name,
+    } = match fields {
+        Ok(f) => f,
         Err(e) => return e.into_response(),
     };
     if req.critical {
@@ -408,28 +441,27 @@ async fn outbox_insert(State(s): St, b: Result<Json<OutboxReq>, JsonRejection>) 
         return unavailable("the outbox needs the SQLite store (store.url = sqlite://…)")
             .into_response();
     };
-    let max_chars = s.ingest.config().max_text_chars;
-    let parsed = (|| {
-        let room = RoomId::parse(&req.room_id).map_err(|e| bad(format!("room_id: {e}")))?;
-        let kind = kind_field(req.kind.as_deref(), MsgKind::System)?;
-        let text = text_field(Some(req.text), max_chars)?.unwrap_or_default();
-        let payload = payload_field(req.payload)?;
-        let user = user_param("user_id", req.user_id.as_deref().unwrap_or("system"))?;
-        let name = match req.name.as_deref() {
-            Some(n) => Some(crate::web::check_name(n).map_err(bad)?.to_owned()),
-            None => None,
-        };
-        Ok::<_, ApiError>(NewOutboxRow {
-            room,
-            kind,
-            user,
-            name,
-            text,
-            payload,
-        })
-    })();
-    let row = match parsed {
+    let room = match RoomId::parse(&req.room_id) {
         Ok(r) => r,
+        Err(e) => return bad(format!("room_id: {e}")).into_response(),
+    };
+    let fields = MessageFields::parse(
+        req.kind.as_deref(),
+        Some(req.text),
+        req.payload,
+        req.user_id.as_deref(),
+        req.name.as_deref(),
+        s.ingest.config().max_text_chars,
+    );
+    let row = match fields {
+        Ok(f) => NewOutboxRow {
+            room,
+            kind: f.kind,
+            user: f.user,
+            name: f.name,
+            text: f.text.unwrap_or_default(),
+            payload: f.payload,
+        },
         Err(e) => return e.into_response(),
     };
     match relay.store().insert(row).await {
