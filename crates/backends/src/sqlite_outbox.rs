@@ -202,12 +202,14 @@ fn row_of(id: i64, r: &rusqlite::Row<'_>) -> Option<OutboxRow> {
     let msg_id: Option<i64> = r.get(8).ok()?;
     Some(OutboxRow {
         id,
-        room,
-        kind,
-        user,
-        name,
-        text,
-        payload,
+        event: NewOutboxRow {
+            room,
+            kind,
+            user,
+            name,
+            text,
+            payload,
+        },
         created_ms: created as u64,
         msg_id: msg_id.map(|m| m as u64),
     })
@@ -287,10 +289,10 @@ mod tests {
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let p = s.pending(10).await.unwrap();
         assert_eq!(
-            p.iter().map(|r| r.text.as_str()).collect::<Vec<_>>(),
+            p.iter().map(|r| r.event.text.as_str()).collect::<Vec<_>>(),
             ["a", "b", "c"]
         );
-        assert_eq!(p[0].payload.as_deref(), Some(r#"{"gift":"yacht"}"#));
+        assert_eq!(p[0].event.payload.as_deref(), Some(r#"{"gift":"yacht"}"#));
         assert_eq!(p[0].msg_id, None);
         s.assign_msg_id(ids[0], 77).await.unwrap();
         s.assign_msg_id(ids[0], 88).await.unwrap();
@@ -301,7 +303,7 @@ mod tests {
         );
         s.mark_sent(ids[0]).await.unwrap();
         assert_eq!(s.pending_count().await.unwrap(), 2);
-        assert_eq!(s.pending(10).await.unwrap()[0].text, "b");
+        assert_eq!(s.pending(10).await.unwrap()[0].event.text, "b");
     }
 
     async fn futures_ids(s: &SqliteOutbox, texts: &[&str]) -> Vec<i64> {
@@ -334,7 +336,7 @@ mod tests {
         }
         let p = s.pending(10).await.unwrap();
         assert_eq!(p.len(), 1, "{p:?}");
-        assert_eq!(p[0].payload.as_deref(), Some(r#"{"ok":true}"#));
+        assert_eq!(p[0].event.payload.as_deref(), Some(r#"{"ok":true}"#));
         assert_eq!(s.pending_count().await.unwrap(), 1);
         let failed: i64 = raw
             .query_row(

@@ -25,13 +25,8 @@ use crate::ports::StoreError;
 pub struct OutboxRow {
     /// Assigned by the store, increasing: the publishing order.
     pub id: i64,
-    pub room: RoomId,
-    pub kind: MsgKind,
-    pub user: UserId,
-    pub name: Option<String>,
-    pub text: String,
-    /// JSON text.
-    pub payload: Option<String>,
+    /// What was written.
+    pub event: NewOutboxRow,
     /// Milliseconds since the Unix epoch when the row was written.
     pub created_ms: u64,
     /// Fixed before the first publication (see the module docs).
@@ -39,13 +34,14 @@ pub struct OutboxRow {
 }
 
 /// A row to write (the store assigns `id`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewOutboxRow {
     pub room: RoomId,
     pub kind: MsgKind,
     pub user: UserId,
     pub name: Option<String>,
     pub text: String,
+    /// JSON text.
     pub payload: Option<String>,
 }
 
@@ -172,13 +168,14 @@ impl OutboxRelay {
                     m
                 }
             };
+            let e = row.event;
             let req = ChatRequest {
-                room: row.room,
-                user: row.user,
-                name: row.name.map(Into::into),
-                text: row.text,
-                kind: row.kind,
-                payload: row.payload,
+                room: e.room,
+                user: e.user,
+                name: e.name.map(Into::into),
+                text: e.text,
+                kind: e.kind,
+                payload: e.payload,
                 trusted: true,
                 msg_id: Some(msg_id),
             };

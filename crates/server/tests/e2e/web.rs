@@ -69,37 +69,31 @@ async fn a_dev_gift_reaches_the_room_as_a_gift() {
     let token = s.token("fan");
     let auth = format!("Bearer {token}");
     let gift = json!({"room_id": "show", "gift": "rocket"}).to_string();
-    let (status, _, body) = http(
-        s.addr,
-        "POST",
-        "/dev/gift",
-        &[JSON, ("authorization", &auth)],
-        &gift,
-    )
-    .await;
+    // POST /dev/gift with an optional Authorization header; (status, body).
+    let send = |auth: Option<String>, body: String| async move {
+        let mut headers = vec![JSON];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a.as_str()));
+        }
+        let (status, _, reply) = http(s.addr, "POST", "/dev/gift", &headers, &body).await;
+        (status, reply)
+    };
+    let (status, body) = send(Some(auth.clone()), gift.clone()).await;
     assert_eq!(status, 200, "{body}");
     let m = viewer.expect("room_msg").await;
     assert_eq!(m.body["kind"], "gift");
     assert_eq!(m.body["user_id"], "fan");
     assert!(m.body["text"].as_str().unwrap().contains("rocket"));
 
-    let (status, _, _) = http(s.addr, "POST", "/dev/gift", &[JSON], &gift).await;
-    assert_eq!(status, 401, "no token");
-    let (status, _, _) = http(
-        s.addr,
-        "POST",
-        "/dev/gift",
-        &[JSON, ("authorization", "Bearer nope")],
-        &gift,
-    )
-    .await;
-    assert_eq!(status, 401, "bad token");
-    let (status, _, body) = http(
-        s.addr,
-        "POST",
-        "/dev/gift",
-        &[JSON, ("authorization", &auth)],
-        r#"{"room_id":"show","gift":"yacht"}"#,
+    assert_eq!(send(None, gift.clone()).await.0, 401, "no token");
+    assert_eq!(
+        send(Some("Bearer nope".into()), gift.clone()).await.0,
+        401,
+        "bad token"
+    );
+    let (status, body) = send(
+        Some(auth.clone()),
+        r#"{"room_id":"show","gift":"yacht"}"#.into(),
     )
     .await;
     assert_eq!(status, 400);
@@ -108,14 +102,7 @@ async fn a_dev_gift_reaches_the_room_as_a_gift() {
     // Gifts share the sender's chat rate limit (2/s, burst 5 by default).
     let mut limited = None;
     for _ in 0..10 {
-        let (status, _, body) = http(
-            s.addr,
-            "POST",
-            "/dev/gift",
-            &[JSON, ("authorization", &auth)],
-            &gift,
-        )
-        .await;
+        let (status, body) = send(Some(auth.clone()), gift.clone()).await;
         if status == 429 {
             limited = Some(body);
             break;
