@@ -56,7 +56,7 @@ pub struct Client {
 }
 
 /// Received bytes not yet parsed.
-struct FrameBuf {
+pub struct FrameBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -71,8 +71,9 @@ impl FrameBuf {
         }
     }
 
-    /// Reads more bytes (growing the buffer when a frame does not fit).
-    async fn fill(&mut self, r: &mut (impl AsyncReadExt + Unpin)) -> anyhow::Result<()> {
+    /// Room for more bytes: unparsed bytes move to the front, and the buffer grows when a frame
+    /// does not fit.
+    fn spare(&mut self) -> &mut [u8] {
         if self.start > 0 {
             self.buf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -82,7 +83,12 @@ impl FrameBuf {
             let n = self.buf.len() * 2;
             self.buf.resize(n, 0);
         }
-        let n = r.read(&mut self.buf[self.end..]).await?;
+        &mut self.buf[self.end..]
+    }
+
+    /// Reads more bytes.
+    async fn fill(&mut self, r: &mut (impl AsyncReadExt + Unpin)) -> anyhow::Result<()> {
+        let n = r.read(self.spare()).await?;
         if n == 0 {
             bail!("connection closed by the server");
         }
@@ -90,17 +96,32 @@ impl FrameBuf {
         Ok(())
     }
 
-    /// Parses the complete frames held; returns whether there was at least one.
-    fn parse(&mut self, wire: Wire, on: &mut impl FnMut(Event<'_>)) -> anyhow::Result<bool> {
-        let mut any = false;
+    /// Reads once from a non-blocking socket: the number of bytes read (0 when none were
+    /// waiting); an error when the server closed the connection.
+    pub fn fill_now(&mut self, r: &mut impl std::io::Read) -> anyhow::Result<usize> {
+        match r.read(self.spare()) {
+            Ok(0) => bail!("connection closed by the server"),
+            Ok(n) => {
+                self.end += n;
+                Ok(n)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Parses the complete frames held; returns how many there were.
+    pub fn parse(&mut self, wire: Wire, on: &mut impl FnMut(Event<'_>)) -> anyhow::Result<usize> {
+        let mut frames = 0;
         loop {
             let avail = &self.buf[self.start..self.end];
             let Some(head) = ws::parse_head(avail, false)? else {
-                return Ok(any);
+                return Ok(frames);
             };
             let total = head.header_len + head.len as usize;
             if avail.len() < total {
-                return Ok(any);
+                return Ok(frames);
             }
             let payload = &avail[head.header_len..total];
             match head.opcode {
@@ -137,7 +158,7 @@ impl FrameBuf {
                 _ => {}
             }
             self.start += total;
-            any = true;
+            frames += 1;
         }
     }
 }
@@ -392,7 +413,7 @@ impl Client {
 
     /// Reads whatever arrives next (at least one frame) and reports each packet.
     pub async fn read_some(&mut self, mut on: impl FnMut(Event<'_>)) -> anyhow::Result<()> {
-        while !self.frames.parse(self.wire, &mut on)? {
+        while self.frames.parse(self.wire, &mut on)? == 0 {
             self.frames.fill(&mut self.stream).await?;
         }
         Ok(())
@@ -529,6 +550,13 @@ fn put_varint(b: &mut Vec<u8>, mut v: u64) {
 }
 
 impl Client {
+    /// The connection as a non-blocking std socket, with the bytes already read but not parsed.
+    pub fn into_std(self) -> anyhow::Result<(std::net::TcpStream, FrameBuf)> {
+        let stream = self.stream.into_std()?;
+        stream.set_nonblocking(true)?;
+        Ok((stream, self.frames))
+    }
+
     pub fn into_split(self) -> (Reader, Writer) {
         let (read, write) = self.stream.into_split();
         (
@@ -551,7 +579,7 @@ pub struct Reader {
 
 impl Reader {
     pub async fn read_some(&mut self, mut on: impl FnMut(Event<'_>)) -> anyhow::Result<()> {
-        while !self.frames.parse(self.wire, &mut on)? {
+        while self.frames.parse(self.wire, &mut on)? == 0 {
             self.frames.fill(&mut self.read).await?;
         }
         Ok(())

@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -24,9 +24,10 @@ use roomcast_proto::ws::Opcode;
 use roomcast_proto::{Op, Wire};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use crate::client::{Client, Event, WsUrl, chat_packet};
+use crate::reader::{self, ReaderConfig, Sub, Track};
 use crate::stats::{
     self, Percentiles, Recorder, Report, ServerReport, Window, now_us, sample_server,
 };
@@ -45,6 +46,8 @@ pub struct SubPlan {
     pub connect_concurrency: usize,
     /// Heartbeat period for each connection (0: none).
     pub heartbeat_s: u64,
+    /// Pause between the reader's rounds, µs (see `reader`).
+    pub read_pace_us: u64,
 }
 
 impl SubPlan {
@@ -73,40 +76,17 @@ impl Tokens {
 /// A group of subscribers in this process.
 pub struct Subscribers {
     pub recorder: Arc<Recorder>,
-    stop: watch::Sender<bool>,
-    tasks: tokio::task::JoinSet<anyhow::Result<()>>,
+    stop: Arc<AtomicBool>,
+    reader: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
-/// One subscriber's view of its room's stream.
-struct Track {
-    baseline: u64,
-    seen: Vec<u64>,
-}
-
-impl Track {
-    /// Whether `seq` is new (and records it).
-    fn first_time(&mut self, seq: u64) -> bool {
-        if seq <= self.baseline {
-            return false;
-        }
-        let i = (seq - self.baseline - 1) as usize;
-        let (w, b) = (i / 64, i % 64);
-        if self.seen.len() <= w {
-            self.seen.resize(w + 1, 0);
-        }
-        let new = self.seen[w] & (1 << b) == 0;
-        self.seen[w] |= 1 << b;
-        new
-    }
-}
-
-/// Connects and joins every subscriber of the plan; returns once all are in their rooms.
+/// Connects and joins every subscriber of the plan, then hands them to one reader thread
+/// (`reader::run`); returns once all are in their rooms.
 pub async fn start_subscribers(
     plan: &SubPlan,
     progress: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<Subscribers> {
     let recorder = Recorder::new();
-    let (stop, stop_rx) = watch::channel(false);
     let tokens = Arc::new(Tokens::new(&plan.secret));
     let urls: Vec<WsUrl> = plan
         .urls
@@ -114,100 +94,65 @@ pub async fn start_subscribers(
         .map(|u| u.parse())
         .collect::<anyhow::Result<_>>()?;
     let gate = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
-    let (joined_tx, mut joined_rx) = tokio::sync::mpsc::channel::<anyhow::Result<()>>(1024);
-    let mut tasks = tokio::task::JoinSet::new();
+    let wire = plan.wire();
+    let mut joining = tokio::task::JoinSet::new();
     for k in plan.first..plan.first + plan.count {
         let url = urls[k % urls.len()].clone();
         // No rooms: idle connections that only log in and keep alive.
         let room = (!plan.rooms.is_empty()).then(|| plan.rooms[k % plan.rooms.len()].clone());
         let src = (!plan.src_ips.is_empty()).then(|| plan.src_ips[k % plan.src_ips.len()]);
         let user = format!("sub-{}-{k}", plan.run);
-        let heartbeat = (plan.heartbeat_s > 0).then(|| Duration::from_secs(plan.heartbeat_s));
-        let (tokens, gate, recorder, joined_tx) = (
-            tokens.clone(),
-            gate.clone(),
-            recorder.clone(),
-            joined_tx.clone(),
-        );
-        let mut stop_rx = stop_rx.clone();
-        let wire = plan.wire();
-        tasks.spawn(async move {
-            let setup = async {
-                let _permit = gate.acquire().await?;
-                let mut c = Client::connect(&url, src, &tokens.token(&user), wire).await?;
-                let baseline = match &room {
-                    Some(room) => c.join(room, 1).await?,
-                    None => 0,
-                };
-                anyhow::Ok((c, baseline))
+        let (tokens, gate) = (tokens.clone(), gate.clone());
+        joining.spawn(async move {
+            let _permit = gate.acquire().await?;
+            let mut c = Client::connect(&url, src, &tokens.token(&user), wire).await?;
+            let baseline = match &room {
+                Some(room) => c.join(room, 1).await?,
+                None => 0,
             };
-            let (mut c, baseline) = match setup.await {
-                Ok(v) => v,
-                Err(e) => {
-                    let _ = joined_tx.send(Err(e)).await;
-                    return Ok(());
-                }
-            };
-            let _ = joined_tx.send(Ok(())).await;
-            drop(joined_tx);
-            let mut track = Track { baseline, seen: Vec::new() };
-            let mut beat = tokio::time::interval(heartbeat.unwrap_or(Duration::from_secs(3600)));
-            beat.tick().await;
-            let mut beat_seq = 10u32;
-            loop {
-                tokio::select! {
-                    r = c.read_some(|e| {
-                    if let Event::RoomMsg(m) = e {
-                        if track.first_time(m.seq) {
-                            recorder.delivered.fetch_add(1, Relaxed);
-                            if m.sent_us > 0 {
-                                recorder.record(now_us().saturating_sub(m.sent_us));
-                            }
-                        } else if m.seq > baseline {
-                            recorder.duplicates.fetch_add(1, Relaxed);
-                        }
-                    }
-                }) => {
-                        r?;
-                        recorder.frames.fetch_add(1, Relaxed);
-                    }
-                    _ = beat.tick(), if heartbeat.is_some() => {
-                        beat_seq = beat_seq.wrapping_add(1);
-                        let (opcode, payload) = crate::client::request(wire, Op::Heartbeat, beat_seq, "{}", |_| {});
-                        c.send(opcode, &payload).await?;
-                    }
-                    _ = stop_rx.changed() => return Ok(()),
-                }
-            }
+            let (stream, frames) = c.into_std()?;
+            anyhow::Ok(Sub {
+                stream,
+                frames,
+                track: Track::new(baseline),
+            })
         });
     }
-    drop(joined_tx);
-    let mut ok = 0;
-    while ok < plan.count {
-        match joined_rx.recv().await {
-            Some(Ok(())) => {
-                ok += 1;
-                if let Some(p) = progress {
-                    p.inc(1);
-                }
-            }
-            Some(Err(e)) => return Err(e.context("a subscriber could not join")),
-            None => anyhow::bail!("subscribers ended before joining"),
+    let mut subs = Vec::with_capacity(plan.count);
+    while let Some(r) = joining.join_next().await {
+        let sub = r
+            .context("a subscriber task failed")?
+            .context("a subscriber could not join")?;
+        subs.push(sub);
+        if let Some(p) = progress {
+            p.inc(1);
         }
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let cfg = ReaderConfig {
+        wire,
+        pace: Duration::from_micros(plan.read_pace_us),
+        heartbeat: (plan.heartbeat_s > 0).then(|| Duration::from_secs(plan.heartbeat_s)),
+    };
+    let (rec, st) = (recorder.clone(), stop.clone());
+    let reader = std::thread::Builder::new()
+        .name("subscribers".into())
+        .spawn(move || reader::run(subs, rec, st, cfg))?;
     Ok(Subscribers {
         recorder,
         stop,
-        tasks,
+        reader: Some(reader),
     })
 }
 
 impl Subscribers {
     pub async fn stop(mut self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        while let Some(r) = self.tasks.join_next().await {
-            if let Ok(Err(e)) = r {
-                tracing_lite(&format!("subscriber ended with: {e:#}"));
+        self.stop.store(true, Relaxed);
+        if let Some(h) = self.reader.take() {
+            match tokio::task::spawn_blocking(move || h.join()).await? {
+                Ok(Err(e)) => tracing_lite(&format!("the subscribers' reader ended with: {e:#}")),
+                Err(_) => anyhow::bail!("the subscribers' reader panicked"),
+                Ok(Ok(())) => {}
             }
         }
         Ok(())
@@ -402,7 +347,8 @@ pub(crate) async fn spawn_ready_child(plan: &SubPlan) -> anyhow::Result<Child> {
     }
 }
 
-pub(crate) async fn stop_child(mut c: Child) -> anyhow::Result<()> {
+/// Stops a subscriber process; returns the frames its connections received.
+pub(crate) async fn stop_child(mut c: Child) -> anyhow::Result<u64> {
     c.command("stop").await?;
     while let Ok(m) = c.expect("final results").await {
         if let ChildMsg::Finished { .. } = m {
@@ -410,7 +356,8 @@ pub(crate) async fn stop_child(mut c: Child) -> anyhow::Result<()> {
         }
     }
     let _ = c.proc.wait().await;
-    Ok(())
+    // The last progress line comes before `finished`, from the same reader task.
+    Ok(c.frames.load(Relaxed))
 }
 
 /// Where subscribers run.
@@ -530,6 +477,7 @@ pub struct FanoutArgs {
     /// Ramp: stop after the first step with p99 above this (ms) or loss above 1%.
     pub max_p99_ms: Option<f64>,
     pub quiet: bool,
+    pub read_pace_us: u64,
 }
 
 /// Pacing of one publisher: the rooms it writes to, round robin.
@@ -589,6 +537,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         src_ips,
         connect_concurrency: 256,
         heartbeat_s: 0,
+        read_pace_us: a.read_pace_us,
     };
     let mut subs = if a.procs <= 1 {
         Subs::Local(

@@ -18,6 +18,7 @@ pub struct IdleArgs {
     pub src_ips: Vec<IpAddr>,
     pub proto: bool,
     pub quiet: bool,
+    pub read_pace_us: u64,
 }
 
 pub async fn run(a: IdleArgs) -> anyhow::Result<Report> {
@@ -54,6 +55,7 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<Report> {
             src_ips: ips,
             connect_concurrency: 256,
             heartbeat_s: a.heartbeat_s,
+            read_pace_us: a.read_pace_us,
         };
         if procs == 1 {
             groups.push(start_subscribers(&plan, bar.as_ref()).await?);
@@ -79,16 +81,21 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<Report> {
         }),
         _ => None,
     };
+    // Frames received: heartbeat replies (and online counts), proof that the connections
+    // were kept alive.
+    let mut frames = 0;
     for g in groups {
+        frames += g.recorder.frames.load(std::sync::atomic::Ordering::Relaxed);
         g.stop().await?;
     }
     for c in children {
-        crate::fanout::stop_child(c).await?;
+        frames += crate::fanout::stop_child(c).await?;
     }
     Ok(Report {
         scenario: "idle".into(),
         connections: a.connections,
         duration_s: a.hold.as_secs_f64(),
+        frames,
         server,
         note: Some(format!(
             "heartbeat every {} s; memory measured after holding {:?}",

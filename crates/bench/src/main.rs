@@ -5,6 +5,7 @@ mod client;
 mod fanout;
 mod idle;
 mod plot;
+mod reader;
 mod stats;
 
 use std::net::IpAddr;
@@ -54,6 +55,11 @@ struct Common {
     /// No progress bars
     #[arg(long)]
     quiet: bool,
+    /// Subscriber readers pause this many µs between rounds so that each round finds many
+    /// connections ready (0: wait in epoll like an ordinary event loop); the pause is part of
+    /// the latency reported. See docs/benchmarks.md.
+    #[arg(long, default_value_t = 2000)]
+    read_pace_us: u64,
 }
 
 #[derive(Args, Clone)]
@@ -153,6 +159,7 @@ fn fanout_args(o: &FanoutOpts, rates: Vec<f64>, max_p99_ms: Option<f64>) -> fano
         src_ips: o.common.src_ips.clone(),
         max_p99_ms,
         quiet: o.common.quiet,
+        read_pace_us: o.common.read_pace_us,
     }
 }
 
@@ -195,6 +202,7 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
                 src_ips: common.src_ips.clone(),
                 proto: common.wire == "proto",
                 quiet: common.quiet,
+                read_pace_us: common.read_pace_us,
             };
             (idle::run(args).await?, common)
         }

@@ -1,0 +1,217 @@
+//! The subscribers' receive loop: one thread reads every subscriber connection of its process
+//! through one level-triggered epoll set — one `read` per ready connection per round — and
+//! pauses `pace` between rounds, so that each round finds many connections ready.
+//!
+//! Why paced: on loopback the server's `send()` also runs the receiver's TCP path, including
+//! the wake-up of a reader blocked in `epoll_wait`, on the server's CPU. Viewers on other
+//! machines cost the server no such wake-up. A reader that sleeps between rounds is not
+//! waiting in epoll when data arrives, so no wake-up is made; and it makes one epoll call per
+//! round rather than one (plus a task wake-up and an extra `read` that finds nothing) per frame.
+//! The pause is part of every latency the tool reports: at most `pace` is added, never hidden.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use roomcast_proto::{Op, Wire};
+
+use crate::client::{Event, FrameBuf};
+use crate::stats::{Recorder, now_us};
+
+/// One subscriber's view of its room's stream.
+pub struct Track {
+    baseline: u64,
+    seen: Vec<u64>,
+}
+
+impl Track {
+    pub fn new(baseline: u64) -> Track {
+        Track {
+            baseline,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Whether `seq` is new (and records it).
+    fn first_time(&mut self, seq: u64) -> bool {
+        if seq <= self.baseline {
+            return false;
+        }
+        let i = (seq - self.baseline - 1) as usize;
+        let (w, b) = (i / 64, i % 64);
+        if self.seen.len() <= w {
+            self.seen.resize(w + 1, 0);
+        }
+        let new = self.seen[w] & (1 << b) == 0;
+        self.seen[w] |= 1 << b;
+        new
+    }
+}
+
+/// A joined subscriber handed to the reader.
+pub struct Sub {
+    pub stream: TcpStream,
+    pub frames: FrameBuf,
+    pub track: Track,
+}
+
+pub struct ReaderConfig {
+    pub wire: Wire,
+    /// Pause between rounds (zero: wait in epoll like an ordinary event loop).
+    pub pace: Duration,
+    /// Send a heartbeat on every connection this often.
+    pub heartbeat: Option<Duration>,
+}
+
+/// An epoll instance, closed on drop.
+struct Epoll(i32);
+
+impl Epoll {
+    fn new() -> std::io::Result<Epoll> {
+        // SAFETY: plain system call; the result is checked.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Epoll(fd))
+    }
+
+    fn ctl(&self, op: i32, fd: i32, token: u64) -> std::io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            u64: token,
+        };
+        // SAFETY: `ev` is a valid epoll_event for the duration of the call.
+        if unsafe { libc::epoll_ctl(self.0, op, fd, &mut ev) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Ready tokens, waiting at most `timeout_ms`.
+    fn wait(&self, events: &mut [libc::epoll_event], timeout_ms: i32) -> std::io::Result<usize> {
+        // SAFETY: `events` is valid for `events.len()` entries.
+        let n = unsafe {
+            libc::epoll_wait(self.0, events.as_mut_ptr(), events.len() as i32, timeout_ms)
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(0);
+            }
+            return Err(e);
+        }
+        Ok(n as usize)
+    }
+}
+
+impl Drop for Epoll {
+    fn drop(&mut self) {
+        // SAFETY: we own this descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// Reads every subscriber until `stop`; losses show up as missing deliveries, so a connection
+/// the server closes is reported and dropped, and the others go on.
+pub fn run(
+    mut subs: Vec<Sub>,
+    recorder: Arc<Recorder>,
+    stop: Arc<AtomicBool>,
+    cfg: ReaderConfig,
+) -> anyhow::Result<()> {
+    let ep = Epoll::new()?;
+    for (i, s) in subs.iter().enumerate() {
+        ep.ctl(libc::EPOLL_CTL_ADD, s.stream.as_raw_fd(), i as u64)?;
+    }
+    let mut alive = vec![true; subs.len()];
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut next_beat = cfg.heartbeat.map(|h| Instant::now() + h);
+    let mut beat_seq = 10u32;
+    // Frames read during the join, before this loop took over.
+    for s in subs.iter_mut() {
+        take_frames(s, cfg.wire, &recorder)?;
+    }
+    while !stop.load(Relaxed) {
+        let n = ep.wait(&mut events, 100)?;
+        for ev in &events[..n] {
+            let i = ev.u64 as usize;
+            let s = &mut subs[i];
+            let got = s
+                .frames
+                .fill_now(&mut s.stream)
+                .and_then(|_| take_frames(s, cfg.wire, &recorder));
+            if let Err(e) = got {
+                eprintln!("subscriber {i} stopped: {e:#}");
+                let _ = ep.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), 0);
+                alive[i] = false;
+            }
+        }
+        if let (Some(at), Some(every)) = (next_beat, cfg.heartbeat)
+            && Instant::now() >= at
+        {
+            beat_seq = beat_seq.wrapping_add(1);
+            let (opcode, payload) =
+                crate::client::request(cfg.wire, Op::Heartbeat, beat_seq, "{}", |_| {});
+            let frame = roomcast_proto::ws::client_frame(opcode, &payload, [7, 1, 3, 5]);
+            for (s, _) in subs.iter_mut().zip(&alive).filter(|(_, a)| **a) {
+                // A heartbeat is a few bytes into an almost empty send buffer; if even that
+                // does not fit, the connection is stuck and the next beat will tell.
+                let _ = s.stream.write(&frame);
+            }
+            next_beat = Some(at + every);
+        }
+        if n < events.len() && !cfg.pace.is_zero() {
+            std::thread::sleep(cfg.pace);
+        }
+    }
+    Ok(())
+}
+
+/// Parses the frames one subscriber holds and records its room messages.
+fn take_frames(s: &mut Sub, wire: Wire, recorder: &Arc<Recorder>) -> anyhow::Result<()> {
+    let (mut delivered, mut dups) = (0u64, 0u64);
+    let now = now_us();
+    let track = &mut s.track;
+    let frames = s.frames.parse(wire, &mut |e| {
+        if let Event::RoomMsg(m) = e {
+            if track.first_time(m.seq) {
+                delivered += 1;
+                if m.sent_us > 0 {
+                    recorder.record(now.saturating_sub(m.sent_us));
+                }
+            } else if m.seq > track.baseline {
+                dups += 1;
+            }
+        }
+    })?;
+    if frames > 0 {
+        recorder.frames.fetch_add(frames as u64, Relaxed);
+    }
+    if delivered > 0 {
+        recorder.delivered.fetch_add(delivered, Relaxed);
+    }
+    if dups > 0 {
+        recorder.duplicates.fetch_add(dups, Relaxed);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_new_and_repeated_sequence_numbers() {
+        let mut t = Track::new(10);
+        assert!(!t.first_time(10), "at or before the baseline is not new");
+        assert!(t.first_time(11));
+        assert!(!t.first_time(11));
+        assert!(t.first_time(200));
+        assert!(t.first_time(12));
+        assert!(!t.first_time(200));
+    }
+}
