@@ -141,6 +141,10 @@ pub struct Metrics {
     pub batch_window_us: Gauge,
     pub frames_out: Counter,
     pub deliveries: Counter,
+    /// One pass writes a room's pending frames to every local member.
+    pub fanout_passes: Counter,
+    /// Wall time of passes over rooms big enough to be written by parallel tasks.
+    pub fanout_pass_big: Histogram,
     pub drops: [Counter; 5],
     pub slow_disconnects: Counter,
     pub protocol_errors: Counter,
@@ -166,6 +170,8 @@ impl Default for Metrics {
             batch_window_us: Gauge::default(),
             frames_out: Counter::default(),
             deliveries: Counter::default(),
+            fanout_passes: Counter::default(),
+            fanout_pass_big: Histogram::new(LATENCY_S),
             drops: Default::default(),
             slow_disconnects: Counter::default(),
             protocol_errors: Counter::default(),
@@ -260,6 +266,12 @@ impl Metrics {
         );
         counter(
             &mut o,
+            "roomcast_fanout_passes_total",
+            "Passes writing a room's pending frames to all its local members (one write each).",
+            self.fanout_passes.get(),
+        );
+        counter(
+            &mut o,
             "roomcast_slow_disconnects_total",
             "Connections closed for reading too slowly.",
             self.slow_disconnects.get(),
@@ -314,6 +326,11 @@ impl Metrics {
             &mut o,
             "roomcast_delivery_latency_seconds",
             "From ingest acceptance to the write to the connections, per message.",
+        );
+        self.fanout_pass_big.render(
+            &mut o,
+            "roomcast_fanout_pass_big_seconds",
+            "Wall time of a pass over a room bigger than gateway.fanout_chunk members.",
         );
         o
     }

@@ -196,6 +196,9 @@ impl Config {
         if g.heartbeat_s == 0 {
             bail!("gateway.heartbeat_s must be positive");
         }
+        if !(1.0..=100.0).contains(&g.fanout_spacing) {
+            bail!("gateway.fanout_spacing must be between 1.0 and 100.0");
+        }
         if self.worker.partitions == 0 || self.worker.partitions > 4096 {
             bail!("worker.partitions must be between 1 and 4096");
         }
@@ -373,5 +376,13 @@ mod tests {
         let e = Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__MAX_FRAME_BYTES", "10")]))
             .unwrap_err();
         assert!(format!("{e:#}").contains("max_frame_bytes"), "{e:#}");
+        for bad in ["0.5", "101", "nan"] {
+            let e = Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__FANOUT_SPACING", bad)]))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("fanout_spacing"), "{bad}: {e:#}");
+        }
+        let c =
+            Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__FANOUT_SPACING", "2")])).unwrap();
+        assert_eq!(c.gateway.fanout_spacing, 2.0, "an integer is accepted");
     }
 }

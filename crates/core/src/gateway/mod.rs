@@ -337,6 +337,7 @@ impl Gateway {
                 return;
             }
             self.write_items(&snapshot, &items);
+            self.deps.metrics.fanout_passes.inc();
             match next_items(&room) {
                 Some(next) => items = next,
                 None => return,
@@ -352,6 +353,7 @@ impl Gateway {
     ) {
         let chunk = self.cfg.fanout_chunk.max(1);
         loop {
+            let started = tokio::time::Instant::now();
             let shared = Arc::new(items);
             let mut tasks = Vec::new();
             let mut start = chunk;
@@ -366,6 +368,17 @@ impl Gateway {
             self.write_items(&snapshot[..chunk.min(snapshot.len())], &shared);
             for t in tasks {
                 let _ = t.await;
+            }
+            let took = started.elapsed();
+            let metrics = &self.deps.metrics;
+            metrics.fanout_passes.inc();
+            metrics.fanout_pass_big.observe(took.as_secs_f64());
+            // Pace the passes: batches that arrive meanwhile queue up and go out together in
+            // the next pass, so a big room's writes never take more than 1/spacing of the
+            // node's time, whatever the message rate (see `GatewayConfig::fanout_spacing`).
+            let spacing = self.cfg.fanout_spacing.max(1.0);
+            if spacing > 1.0 {
+                tokio::time::sleep_until(started + took.mul_f64(spacing)).await;
             }
             match next_items(&room) {
                 Some(next) => items = next,
