@@ -40,7 +40,8 @@ struct Common {
     /// Body encoding the clients ask for: `proto` (subprotocol roomcast.v1.proto) or `json`
     #[arg(long, default_value = "proto", value_parser = ["proto", "json"])]
     wire: String,
-    /// Client processes for subscribers/idle connections [default: one per 15000 connections]
+    /// Client processes for subscribers/idle connections [default: one per 15,000 connections,
+    /// and at least one per core from 2,000 connections on]
     #[arg(long)]
     procs: Option<usize>,
     /// Source addresses to bind client sockets to (repeat); default: 127.0.0.2, .3, … per process
@@ -136,10 +137,21 @@ enum Cmd {
     Subscribers,
 }
 
+/// Subscriber processes: as asked, else one per 15,000 connections (the open-file limit) and,
+/// from 2,000 connections on, at least one per core — a reader per core keeps up with the
+/// server's parallel passes and keeps each epoll set's lock on one CPU.
 fn procs_for(common: &Common, connections: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     common
         .procs
-        .unwrap_or_else(|| connections.div_ceil(15_000))
+        .unwrap_or_else(|| {
+            let by_files = connections.div_ceil(15_000);
+            if connections >= 2_000 {
+                by_files.max(cores)
+            } else {
+                by_files
+            }
+        })
         .max(1)
 }
 

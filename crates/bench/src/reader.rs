@@ -131,9 +131,11 @@ pub fn run(
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut next_beat = cfg.heartbeat.map(|h| Instant::now() + h);
     let mut beat_seq = 10u32;
+    // Latencies of one round, recorded together.
+    let mut latencies = Vec::with_capacity(64 * 1024);
     // Frames read during the join, before this loop took over.
     for s in subs.iter_mut() {
-        take_frames(s, cfg.wire, &recorder)?;
+        take_frames(s, cfg.wire, &recorder, &mut latencies)?;
     }
     while !stop.load(Relaxed) {
         let n = ep.wait(&mut events, 100)?;
@@ -143,13 +145,15 @@ pub fn run(
             let got = s
                 .frames
                 .fill_now(&mut s.stream)
-                .and_then(|_| take_frames(s, cfg.wire, &recorder));
+                .and_then(|_| take_frames(s, cfg.wire, &recorder, &mut latencies));
             if let Err(e) = got {
                 eprintln!("subscriber {i} stopped: {e:#}");
                 let _ = ep.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), 0);
                 alive[i] = false;
             }
         }
+        recorder.record_all(&latencies);
+        latencies.clear();
         if let (Some(at), Some(every)) = (next_beat, cfg.heartbeat)
             && Instant::now() >= at
         {
@@ -171,8 +175,14 @@ pub fn run(
     Ok(())
 }
 
-/// Parses the frames one subscriber holds and records its room messages.
-fn take_frames(s: &mut Sub, wire: Wire, recorder: &Arc<Recorder>) -> anyhow::Result<()> {
+/// Parses the frames one subscriber holds, counts its room messages and adds their latencies
+/// to `latencies`.
+fn take_frames(
+    s: &mut Sub,
+    wire: Wire,
+    recorder: &Arc<Recorder>,
+    latencies: &mut Vec<u64>,
+) -> anyhow::Result<()> {
     let (mut delivered, mut dups) = (0u64, 0u64);
     let now = now_us();
     let track = &mut s.track;
@@ -181,7 +191,7 @@ fn take_frames(s: &mut Sub, wire: Wire, recorder: &Arc<Recorder>) -> anyhow::Res
             if track.first_time(m.seq) {
                 delivered += 1;
                 if m.sent_us > 0 {
-                    recorder.record(now.saturating_sub(m.sent_us));
+                    latencies.push(now.saturating_sub(m.sent_us));
                 }
             } else if m.seq > track.baseline {
                 dups += 1;

@@ -63,8 +63,11 @@ impl Recorder {
         })
     }
 
-    /// Records `latency_us` for one delivery.
-    pub fn record(self: &Arc<Self>, latency_us: u64) {
+    /// Records the latencies of several deliveries (one lock and one clock read for all).
+    pub fn record_all(self: &Arc<Self>, latencies_us: &[u64]) {
+        if latencies_us.is_empty() {
+            return;
+        }
         let id = self.id;
         LOCAL.with(|cell| {
             let mut cell = cell.borrow_mut();
@@ -85,14 +88,16 @@ impl Recorder {
             while l.steps.len() <= step {
                 l.steps.push(histogram());
             }
-            let v = latency_us.clamp(1, 600_000_000);
-            let _ = l.steps[step].record(v);
             let sec = self.started.elapsed().as_secs() as usize;
             while l.seconds.len() <= sec {
                 l.seconds.push((histogram(), 0));
             }
-            let _ = l.seconds[sec].0.record(v);
-            l.seconds[sec].1 += 1;
+            for &v in latencies_us {
+                let v = v.clamp(1, 600_000_000);
+                let _ = l.steps[step].record(v);
+                let _ = l.seconds[sec].0.record(v);
+            }
+            l.seconds[sec].1 += latencies_us.len() as u64;
         });
     }
 
