@@ -53,6 +53,8 @@ pub struct Client {
     stream: TcpStream,
     frames: FrameBuf,
     pub wire: Wire,
+    /// The heartbeat period the server asked for in `login_ok`.
+    pub heartbeat_s: u64,
 }
 
 /// Received bytes not yet parsed.
@@ -325,6 +327,7 @@ impl Client {
             stream,
             frames: FrameBuf::new(),
             wire,
+            heartbeat_s: 0,
         };
         let protocol = if wire == Wire::Proto {
             "Sec-WebSocket-Protocol: roomcast.v1.proto\r\n"
@@ -355,15 +358,17 @@ impl Client {
                 bail!("handshake response too long");
             }
         }
-        let mut logged_in = false;
-        while !logged_in {
+        let mut login: Option<u64> = None;
+        while login.is_none() {
             c.read_some(|e| {
-                if let Event::Other(Op::LoginOk, _, _) = e {
-                    logged_in = true;
+                if let Event::Other(Op::LoginOk, _, body) = e {
+                    // LoginOk.heartbeat_s is field 2.
+                    login = Some(body_u64(wire, body, 2, "heartbeat_s"));
                 }
             })
             .await?;
         }
+        c.heartbeat_s = login.unwrap_or(0);
         Ok(c)
     }
 
@@ -460,8 +465,14 @@ fn scan_text(payload: &[u8], on: &mut impl FnMut(Event<'_>)) {
 }
 
 fn join_last_seq(wire: Wire, body: &[u8]) -> u64 {
+    // JoinOk.last_seq is field 6.
+    body_u64(wire, body, 6, "last_seq")
+}
+
+/// An unsigned field of a reply body: protobuf field number `field`, or JSON key `name`
+/// (0 when absent).
+fn body_u64(wire: Wire, body: &[u8], field: u64, name: &str) -> u64 {
     if wire == Wire::Proto {
-        // JoinOk.last_seq is field 6.
         let mut pos = 0;
         while pos < body.len() {
             let Some(key) = varint(body, &mut pos) else {
@@ -472,7 +483,7 @@ fn join_last_seq(wire: Wire, body: &[u8]) -> u64 {
                     let Some(v) = varint(body, &mut pos) else {
                         return 0;
                     };
-                    if key >> 3 == 6 {
+                    if key >> 3 == field {
                         return v;
                     }
                 }
@@ -487,9 +498,10 @@ fn join_last_seq(wire: Wire, body: &[u8]) -> u64 {
         }
         0
     } else {
-        find(body, b"\"last_seq\":")
+        let key = format!("\"{name}\":");
+        find(body, key.as_bytes())
             .map(|k| {
-                body[k + 11..]
+                body[k + key.len()..]
                     .iter()
                     .take_while(|c| c.is_ascii_digit())
                     .fold(0u64, |a, c| a * 10 + (c - b'0') as u64)

@@ -44,7 +44,7 @@ pub struct SubPlan {
     pub run: String,
     pub src_ips: Vec<IpAddr>,
     pub connect_concurrency: usize,
-    /// Heartbeat period for each connection (0: none).
+    /// Heartbeat period for each connection (0: half the period the server asks for).
     pub heartbeat_s: u64,
     /// Pause between the reader's rounds, µs (see `reader`).
     pub read_pace_us: u64,
@@ -110,19 +110,28 @@ pub async fn start_subscribers(
                 Some(room) => c.join(room, 1).await?,
                 None => 0,
             };
+            let heartbeat_s = c.heartbeat_s;
             let (stream, frames) = c.into_std()?;
-            anyhow::Ok(Sub {
-                stream,
-                frames,
-                track: Track::new(baseline),
-            })
+            anyhow::Ok((
+                Sub {
+                    stream,
+                    frames,
+                    track: Track::new(baseline),
+                },
+                heartbeat_s,
+            ))
         });
     }
     let mut subs = Vec::with_capacity(plan.count);
+    // The shortest heartbeat period any server asked for.
+    let mut server_heartbeat_s = u64::MAX;
     while let Some(r) = joining.join_next().await {
-        let sub = r
+        let (sub, heartbeat_s) = r
             .context("a subscriber task failed")?
             .context("a subscriber could not join")?;
+        if heartbeat_s > 0 {
+            server_heartbeat_s = server_heartbeat_s.min(heartbeat_s);
+        }
         subs.push(sub);
         if let Some(p) = progress {
             p.inc(1);
@@ -132,7 +141,15 @@ pub async fn start_subscribers(
     let cfg = ReaderConfig {
         wire,
         pace: Duration::from_micros(plan.read_pace_us),
-        heartbeat: (plan.heartbeat_s > 0).then(|| Duration::from_secs(plan.heartbeat_s)),
+        // As asked, else twice per period the server asked for (it closes connections silent
+        // for two periods).
+        heartbeat: if plan.heartbeat_s > 0 {
+            Some(Duration::from_secs(plan.heartbeat_s))
+        } else if server_heartbeat_s < u64::MAX {
+            Some(Duration::from_millis(server_heartbeat_s * 500))
+        } else {
+            None
+        },
     };
     let (rec, st) = (recorder.clone(), stop.clone());
     let reader = std::thread::Builder::new()

@@ -46,8 +46,11 @@ pub fn draw(report: &Report, path: &Path) -> anyhow::Result<()> {
     let root = BitMapBackend::new(path, (1000, 600)).into_drawing_area();
     root.fill(&WHITE)?;
     let title = format!(
-        "roomcast {} — {} connections, {} rooms",
-        report.scenario, report.connections, report.rooms
+        "roomcast {} — {} connections, {} room{}",
+        report.scenario,
+        report.connections,
+        report.rooms,
+        if report.rooms == 1 { "" } else { "s" }
     );
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 22))

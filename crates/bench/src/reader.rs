@@ -62,7 +62,7 @@ pub struct ReaderConfig {
     pub wire: Wire,
     /// Pause between rounds (zero: wait in epoll like an ordinary event loop).
     pub pace: Duration,
-    /// Send a heartbeat on every connection this often.
+    /// Send a heartbeat on every connection this often (spread over the period).
     pub heartbeat: Option<Duration>,
 }
 
@@ -128,9 +128,11 @@ pub fn run(
         ep.ctl(libc::EPOLL_CTL_ADD, s.stream.as_raw_fd(), i as u64)?;
     }
     let mut alive = vec![true; subs.len()];
+    let mut closed = 0usize;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut next_beat = cfg.heartbeat.map(|h| Instant::now() + h);
-    let mut beat_seq = 10u32;
+    // Heartbeats are spread evenly over the period: connection i beats at i/n of it.
+    let beat_start = Instant::now();
+    let mut beats_sent = 0u64;
     // Latencies of one round, recorded together.
     let mut latencies = Vec::with_capacity(64 * 1024);
     // Frames read during the join, before this loop took over.
@@ -147,30 +149,48 @@ pub fn run(
                 .fill_now(&mut s.stream)
                 .and_then(|_| take_frames(s, cfg.wire, &recorder, &mut latencies));
             if let Err(e) = got {
-                eprintln!("subscriber {i} stopped: {e:#}");
+                if closed == 0 {
+                    eprintln!("subscriber {i} stopped: {e:#} (later ones are only counted)");
+                }
+                closed += 1;
                 let _ = ep.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), 0);
                 alive[i] = false;
             }
         }
         recorder.record_all(&latencies);
         latencies.clear();
-        if let (Some(at), Some(every)) = (next_beat, cfg.heartbeat)
-            && Instant::now() >= at
+        if let Some(every) = cfg.heartbeat
+            && !subs.is_empty()
         {
-            beat_seq = beat_seq.wrapping_add(1);
-            let (opcode, payload) =
-                crate::client::request(cfg.wire, Op::Heartbeat, beat_seq, "{}", |_| {});
-            let frame = roomcast_proto::ws::client_frame(opcode, &payload, [7, 1, 3, 5]);
-            for (s, _) in subs.iter_mut().zip(&alive).filter(|(_, a)| **a) {
-                // A heartbeat is a few bytes into an almost empty send buffer; if even that
-                // does not fit, the connection is stuck and the next beat will tell.
-                let _ = s.stream.write(&frame);
+            let due = (beat_start.elapsed().as_secs_f64() / every.as_secs_f64() * subs.len() as f64)
+                as u64;
+            while beats_sent < due {
+                let i = (beats_sent % subs.len() as u64) as usize;
+                beats_sent += 1;
+                if alive[i] {
+                    let (opcode, payload) = crate::client::request(
+                        cfg.wire,
+                        Op::Heartbeat,
+                        beats_sent as u32,
+                        "{}",
+                        |_| {},
+                    );
+                    let frame = roomcast_proto::ws::client_frame(opcode, &payload, [7, 1, 3, 5]);
+                    // A few bytes into an almost empty send buffer; if even that does not fit,
+                    // the connection is stuck and the server will close it.
+                    let _ = subs[i].stream.write(&frame);
+                }
             }
-            next_beat = Some(at + every);
         }
         if n < events.len() && !cfg.pace.is_zero() {
             std::thread::sleep(cfg.pace);
         }
+    }
+    if closed > 0 {
+        eprintln!(
+            "{closed} of {} subscribers of this process were closed by the server",
+            subs.len()
+        );
     }
     Ok(())
 }

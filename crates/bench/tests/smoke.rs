@@ -78,8 +78,9 @@ async fn fanout_counts_every_delivery_in_one_process_and_in_several() {
         "2",
         "--rate",
         "200",
+        // Longer than the server's silence limit (2 × heartbeat_s): subscribers must beat.
         "--duration",
-        "2",
+        "3",
     ];
     let r = bench(&url, &[&["fanout"][..], &common].concat()).await;
     check_fanout(&r, 62);
