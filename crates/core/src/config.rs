@@ -172,6 +172,12 @@ pub struct WorkerConfig {
     /// shrinks back to `batch_window_ms` when they run on time. Equal to `batch_window_ms`:
     /// a fixed window.
     pub batch_window_max_ms: u64,
+    /// In one process with the gateway (standalone): while the gateway is writing to a big
+    /// room (more than `gateway.fanout_chunk` local members), the window is at least this many
+    /// times its latest pass over such a room (up to `batch_window_max_ms`), so that a hot
+    /// room's passes take at most 1/factor of the node's time and the rest stays for reading,
+    /// ingest and the other rooms. 0 turns it off.
+    pub pass_window_factor: f64,
 }
 
 impl Default for WorkerConfig {
@@ -182,6 +188,7 @@ impl Default for WorkerConfig {
             batch_max: 128,
             batch_window_ms: 20,
             batch_window_max_ms: 200,
+            pass_window_factor: 2.0,
         }
     }
 }

@@ -105,6 +105,28 @@ const LATENCY_S: &[f64] = &[
 ];
 const BATCH_SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
+/// How long this node's latest pass over a big room took, and when it ended: room workers in the
+/// same process (standalone) size their batch window from it.
+#[derive(Default)]
+pub struct FanoutLoad {
+    pass_us: AtomicU64,
+    at_ms: AtomicU64,
+}
+
+impl FanoutLoad {
+    pub fn record(&self, pass: std::time::Duration, now_ms: u64) {
+        self.pass_us.store(pass.as_micros() as u64, Relaxed);
+        self.at_ms.store(now_ms, Relaxed);
+    }
+
+    /// The latest pass's duration, if it ended within `fresh_ms` before `now_ms`.
+    pub fn recent(&self, now_ms: u64, fresh_ms: u64) -> Option<std::time::Duration> {
+        let at = self.at_ms.load(Relaxed);
+        (at > 0 && now_ms.saturating_sub(at) <= fresh_ms)
+            .then(|| std::time::Duration::from_micros(self.pass_us.load(Relaxed)))
+    }
+}
+
 /// Why a message or a frame was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DropReason {
@@ -145,6 +167,8 @@ pub struct Metrics {
     pub fanout_passes: Counter,
     /// Wall time of passes over rooms big enough to be written by parallel tasks.
     pub fanout_pass_big: Histogram,
+    /// The latest such pass, for the room workers of the same process (not exported).
+    pub fanout_load: FanoutLoad,
     pub drops: [Counter; 5],
     pub slow_disconnects: Counter,
     pub protocol_errors: Counter,
@@ -172,6 +196,7 @@ impl Default for Metrics {
             deliveries: Counter::default(),
             fanout_passes: Counter::default(),
             fanout_pass_big: Histogram::new(LATENCY_S),
+            fanout_load: FanoutLoad::default(),
             drops: Default::default(),
             slow_disconnects: Counter::default(),
             protocol_errors: Counter::default(),

@@ -76,7 +76,19 @@ impl RoomWorker {
     }
 
     fn window(&self) -> Duration {
-        Duration::from_micros(self.window_us.load(Relaxed))
+        let adaptive = self.window_us.load(Relaxed);
+        let factor = self.cfg.pass_window_factor;
+        let from_passes = if factor > 0.0 {
+            // A pass that ended more than two seconds ago says nothing about the load now.
+            self.metrics
+                .fanout_load
+                .recent(crate::clock::now_ms(), 2000)
+                .map_or(0, |p| (p.as_micros() as f64 * factor) as u64)
+        } else {
+            0
+        };
+        let max = self.cfg.batch_window_max_ms.max(self.cfg.batch_window_ms) * 1000;
+        Duration::from_micros(adaptive.max(from_passes.min(max)))
     }
 
     /// Adapts the window to how late a due flush ran.
@@ -350,6 +362,54 @@ mod tests {
         assert_eq!(Instant::now(), t0 + Duration::from_millis(20));
         s.bus.close();
         s.task.await.unwrap();
+    }
+
+    #[test]
+    fn window_follows_the_gateways_passes_over_big_rooms() {
+        let cfg = WorkerConfig {
+            batch_window_ms: 20,
+            batch_window_max_ms: 200,
+            pass_window_factor: 2.0,
+            ..Default::default()
+        };
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let history = Arc::new(History::new(
+            HistoryConfig::default(),
+            Arc::new(MemoryStore::new(100)),
+        ));
+        let metrics = Arc::new(Metrics::default());
+        let worker = |cfg: WorkerConfig| {
+            RoomWorker::new(
+                cfg,
+                history.clone(),
+                Arc::new(MemoryRoutes::default()),
+                Arc::new(Recorder(tx.clone())),
+                metrics.clone(),
+            )
+        };
+        let w = worker(cfg.clone());
+        assert_eq!(w.window(), Duration::from_millis(20), "no pass yet");
+        let now = crate::clock::now_ms();
+        metrics.fanout_load.record(Duration::from_millis(30), now);
+        assert_eq!(w.window(), Duration::from_millis(60), "twice the pass");
+        metrics.fanout_load.record(Duration::from_millis(150), now);
+        assert_eq!(w.window(), Duration::from_millis(200), "capped at the max");
+        metrics.fanout_load.record(Duration::from_millis(5), now);
+        assert_eq!(w.window(), Duration::from_millis(20), "never below the min");
+        metrics
+            .fanout_load
+            .record(Duration::from_millis(30), now - 5000);
+        assert_eq!(
+            w.window(),
+            Duration::from_millis(20),
+            "an old pass is ignored"
+        );
+        metrics.fanout_load.record(Duration::from_millis(30), now);
+        let off = worker(WorkerConfig {
+            pass_window_factor: 0.0,
+            ..cfg
+        });
+        assert_eq!(off.window(), Duration::from_millis(20), "turned off");
     }
 
     #[test]

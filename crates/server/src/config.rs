@@ -199,6 +199,9 @@ impl Config {
         if !(1.0..=100.0).contains(&g.fanout_spacing) {
             bail!("gateway.fanout_spacing must be between 1.0 and 100.0");
         }
+        if !(0.0..=100.0).contains(&self.worker.pass_window_factor) {
+            bail!("worker.pass_window_factor must be between 0 and 100");
+        }
         if self.worker.partitions == 0 || self.worker.partitions > 4096 {
             bail!("worker.partitions must be between 1 and 4096");
         }
@@ -376,6 +379,9 @@ mod tests {
         let e = Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__MAX_FRAME_BYTES", "10")]))
             .unwrap_err();
         assert!(format!("{e:#}").contains("max_frame_bytes"), "{e:#}");
+        let e = Config::load_with_env(None, env(&[("ROOMCAST_WORKER__PASS_WINDOW_FACTOR", "-1")]))
+            .unwrap_err();
+        assert!(format!("{e:#}").contains("pass_window_factor"), "{e:#}");
         for bad in ["0.5", "101", "nan"] {
             let e = Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__FANOUT_SPACING", bad)]))
                 .unwrap_err();

@@ -373,6 +373,7 @@ impl Gateway {
             let metrics = &self.deps.metrics;
             metrics.fanout_passes.inc();
             metrics.fanout_pass_big.observe(took.as_secs_f64());
+            metrics.fanout_load.record(took, now_ms());
             // Pace the passes: batches that arrive meanwhile queue up and go out together in
             // the next pass, so a big room's writes never take more than 1/spacing of the
             // node's time, whatever the message rate (see `GatewayConfig::fanout_spacing`).
