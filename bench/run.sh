@@ -8,6 +8,7 @@
 #   bench/run.sh fanout-1x5000 idle   just those
 #
 # Scenarios: fanout-1x5000 fanout-100x50 idle churn ramp-1x5000 ramp-100x50 default-config
+# Each run prints the exact roomcast-bench command it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,11 +17,8 @@ URL="ws://127.0.0.1:$PORT/ws"
 OUT=${OUT:-docs/bench}
 SECRET=benchsecret
 BENCH=target/release/roomcast-bench
-DATA=$(mktemp -d)
 SERVER_PID=
-
-cargo build --release -q -p roomcast-server -p roomcast-bench
-mkdir -p "$OUT"
+DATA=$(mktemp -d)
 
 stop_server() {
     if [[ -n "$SERVER_PID" ]]; then
@@ -31,6 +29,19 @@ stop_server() {
 }
 trap 'stop_server; rm -rf "$DATA"' EXIT
 
+# The server and the load generator each hold up to ~15,000 connections (idle scenario).
+ulimit -n 20000 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+if (($(ulimit -n) < 16000)); then
+    echo "warning: only $(ulimit -n) open files allowed; the idle scenario needs 16,000" >&2
+fi
+
+cargo build --release -q -p roomcast-server -p roomcast-bench
+mkdir -p "$OUT"
+if curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; then
+    echo "something already answers on port $PORT; stop it or set PORT" >&2
+    exit 1
+fi
+
 start_server() { # $1: config file
     stop_server
     rm -rf "$DATA/data"
@@ -38,6 +49,7 @@ start_server() { # $1: config file
         --listen "127.0.0.1:$PORT" --data-dir "$DATA/data" >"$DATA/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do
+        kill -0 "$SERVER_PID" 2>/dev/null || break
         curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && return 0
         sleep 0.1
     done
@@ -49,14 +61,19 @@ start_server() { # $1: config file
 bench() { # $1: output name, then roomcast-bench arguments
     local name=$1
     shift
-    echo "== $name: roomcast-bench $*"
-    "$BENCH" "$@" --url "$URL" --secret "$SECRET" --server-pid "$SERVER_PID" \
-        --json "$OUT/$name.json"
+    local args=("$@" --url "$URL" --secret "$SECRET" --server-pid "$SERVER_PID"
+        --json "$OUT/$name.json")
+    echo "== $name: $BENCH ${args[*]}"
+    if ! "$BENCH" "${args[@]}"; then
+        echo "roomcast-bench failed; the server's log:" >&2
+        cat "$DATA/server.log" >&2
+        exit 1
+    fi
 }
 
 CONFIG=${CONFIG:-bench/server.toml}
 FAN_1="--rooms 1 --subscribers 5000 --publishers 2"
-FAN_100="--rooms 100 --subscribers 5000 --publishers 4${FAN_EXTRA:+ $FAN_EXTRA}"
+FAN_100="--rooms 100 --subscribers 5000 --publishers 4"
 
 run() {
     case "$1" in
@@ -84,7 +101,14 @@ run() {
         # The same fan-out runs with the shipped defaults (20 ms batch window); only the chat
         # limits are lifted for the publishers.
         local cfg="$DATA/default.toml"
-        sed -n '/^\[ingest\]/,/^room_limit/p;/^\[gateway\]/,/^max_rooms/p' bench/server.toml >"$cfg"
+        cat >"$cfg" <<'EOF'
+[ingest]
+user_limit = { rate = 0, burst = 1 }
+room_limit = { rate = 0, burst = 1 }
+
+[gateway]
+max_rooms_per_conn = 1000
+EOF
         start_server "$cfg"
         bench fanout-1x5000-default fanout $FAN_1 --rate 200 --duration 20
         start_server "$cfg"

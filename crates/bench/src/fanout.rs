@@ -44,7 +44,8 @@ pub struct SubPlan {
     pub run: String,
     pub src_ips: Vec<IpAddr>,
     pub connect_concurrency: usize,
-    /// Heartbeat period for each connection (0: half the period the server asks for).
+    /// Heartbeat period for each connection; never longer than half the period the server
+    /// asks for in `login_ok` (0: just that).
     pub heartbeat_s: u64,
     /// Pause between the reader's rounds, µs (see `reader`).
     pub read_pace_us: u64,
@@ -141,14 +142,13 @@ pub async fn start_subscribers(
     let cfg = ReaderConfig {
         wire,
         pace: Duration::from_micros(plan.read_pace_us),
-        // As asked, else twice per period the server asked for (it closes connections silent
-        // for two periods).
-        heartbeat: if plan.heartbeat_s > 0 {
-            Some(Duration::from_secs(plan.heartbeat_s))
-        } else if server_heartbeat_s < u64::MAX {
-            Some(Duration::from_millis(server_heartbeat_s * 500))
-        } else {
-            None
+        // Twice per period the server asked for (it closes connections silent for two
+        // periods), or as asked if that is more often.
+        heartbeat: match (plan.heartbeat_s, server_heartbeat_s) {
+            (0, u64::MAX) => None,
+            (0, server) => Some(Duration::from_millis(server * 500)),
+            (asked, u64::MAX) => Some(Duration::from_secs(asked)),
+            (asked, server) => Some(Duration::from_millis((asked * 1000).min(server * 500))),
         },
     };
     let (rec, st) = (recorder.clone(), stop.clone());
@@ -189,6 +189,8 @@ pub enum ChildMsg {
         delivered: u64,
         duplicates: u64,
         frames: u64,
+        #[serde(default)]
+        closed: u64,
     },
     StepDone {
         step: usize,
@@ -242,6 +244,7 @@ pub async fn child_main() -> anyhow::Result<()> {
                     delivered: rec.delivered.load(Relaxed),
                     duplicates: rec.duplicates.load(Relaxed),
                     frames: rec.frames.load(Relaxed),
+                    closed: rec.closed.load(Relaxed),
                 };
                 say(&out, &m).await;
             }
@@ -260,10 +263,13 @@ pub async fn child_main() -> anyhow::Result<()> {
         }
     }
     ticker.abort();
+    // Stop reading first, so the last counts are final.
+    let subs_stopped = subs.stop().await;
     let final_progress = ChildMsg::Progress {
         delivered: rec.delivered.load(Relaxed),
         duplicates: rec.duplicates.load(Relaxed),
         frames: rec.frames.load(Relaxed),
+        closed: rec.closed.load(Relaxed),
     };
     say(&out, &final_progress).await;
     let seconds = rec
@@ -272,7 +278,7 @@ pub async fn child_main() -> anyhow::Result<()> {
         .map(|(s, n, h)| (s, n, stats::export(&h)))
         .collect();
     say(&out, &ChildMsg::Finished { seconds }).await;
-    subs.stop().await
+    subs_stopped
 }
 
 /// A subscriber process and what it reported.
@@ -282,6 +288,7 @@ pub(crate) struct Child {
     delivered: Arc<AtomicU64>,
     duplicates: Arc<AtomicU64>,
     frames: Arc<AtomicU64>,
+    closed: Arc<AtomicU64>,
     msgs: tokio::sync::mpsc::UnboundedReceiver<ChildMsg>,
 }
 
@@ -301,13 +308,19 @@ async fn spawn_child(plan: &SubPlan) -> anyhow::Result<Child> {
     plan_line.push('\n');
     stdin.write_all(plan_line.as_bytes()).await?;
     let (tx, msgs) = tokio::sync::mpsc::unbounded_channel();
-    let (delivered, duplicates, frames) = (
+    let (delivered, duplicates, frames, closed) = (
+        Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
     {
-        let (d, du, f) = (delivered.clone(), duplicates.clone(), frames.clone());
+        let (d, du, f, cl) = (
+            delivered.clone(),
+            duplicates.clone(),
+            frames.clone(),
+            closed.clone(),
+        );
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
@@ -316,10 +329,12 @@ async fn spawn_child(plan: &SubPlan) -> anyhow::Result<Child> {
                         delivered,
                         duplicates,
                         frames,
+                        closed,
                     }) => {
                         d.store(delivered, Relaxed);
                         du.store(duplicates, Relaxed);
                         f.store(frames, Relaxed);
+                        cl.store(closed, Relaxed);
                     }
                     Ok(m) => {
                         let _ = tx.send(m);
@@ -335,6 +350,7 @@ async fn spawn_child(plan: &SubPlan) -> anyhow::Result<Child> {
         delivered,
         duplicates,
         frames,
+        closed,
         msgs,
     })
 }
@@ -364,8 +380,9 @@ pub(crate) async fn spawn_ready_child(plan: &SubPlan) -> anyhow::Result<Child> {
     }
 }
 
-/// Stops a subscriber process; returns the frames its connections received.
-pub(crate) async fn stop_child(mut c: Child) -> anyhow::Result<u64> {
+/// Stops a subscriber process; returns the frames its connections received and how many of
+/// them the server closed.
+pub(crate) async fn stop_child(mut c: Child) -> anyhow::Result<(u64, u64)> {
     c.command("stop").await?;
     while let Ok(m) = c.expect("final results").await {
         if let ChildMsg::Finished { .. } = m {
@@ -374,7 +391,7 @@ pub(crate) async fn stop_child(mut c: Child) -> anyhow::Result<u64> {
     }
     let _ = c.proc.wait().await;
     // The last progress line comes before `finished`, from the same reader task.
-    Ok(c.frames.load(Relaxed))
+    Ok((c.frames.load(Relaxed), c.closed.load(Relaxed)))
 }
 
 /// Where subscribers run.
@@ -402,6 +419,13 @@ impl Subs {
         match self {
             Subs::Local(s) => s.recorder.frames.load(Relaxed),
             Subs::Children(c) => c.iter().map(|c| c.frames.load(Relaxed)).sum(),
+        }
+    }
+
+    fn closed(&self) -> u64 {
+        match self {
+            Subs::Local(s) => s.recorder.closed.load(Relaxed),
+            Subs::Children(c) => c.iter().map(|c| c.closed.load(Relaxed)).sum(),
         }
     }
 
@@ -566,7 +590,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             let first = k * a.subscribers / a.procs;
             let count = (k + 1) * a.subscribers / a.procs - first;
             let ips = if a.src_ips.is_empty() {
-                vec![IpAddr::from([127, 0, 0, 2 + k as u8])]
+                vec![crate::loopback_source(k)]
             } else {
                 vec![a.src_ips[k % a.src_ips.len()]]
             };
@@ -639,6 +663,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         let delivered0 = subs.delivered();
         let dup0 = subs.duplicates();
         let frames0 = subs.frames();
+        let closed0 = subs.closed();
         let acc0: Vec<u64> = accepted.per_room.iter().map(|c| c.load(Relaxed)).collect();
         let rej0 = accepted.rejected.load(Relaxed);
         let cpu0 = a.server_pid.map(sample_server).transpose()?;
@@ -767,6 +792,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             duplicates: subs.duplicates() - dup0,
             deliveries_per_sec: delivered as f64 / publish_time.as_secs_f64(),
             frames: subs.frames() - frames0,
+            disconnected: subs.closed() - closed0,
             latency_ms: Percentiles::of(&hist),
             server,
             ..Report::default()

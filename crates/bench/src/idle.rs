@@ -40,7 +40,7 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<Report> {
         let ips = if !a.src_ips.is_empty() {
             vec![a.src_ips[k % a.src_ips.len()]]
         } else if procs > 1 {
-            vec![IpAddr::from([127, 0, 0, 2 + k as u8])]
+            vec![crate::loopback_source(k)]
         } else {
             Vec::new()
         };
@@ -83,19 +83,24 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<Report> {
     };
     // Frames received: heartbeat replies (and online counts), proof that the connections
     // were kept alive.
-    let mut frames = 0;
+    let (mut frames, mut disconnected) = (0, 0);
     for g in groups {
-        frames += g.recorder.frames.load(std::sync::atomic::Ordering::Relaxed);
+        let rec = g.recorder.clone();
         g.stop().await?;
+        frames += rec.frames.load(std::sync::atomic::Ordering::Relaxed);
+        disconnected += rec.closed.load(std::sync::atomic::Ordering::Relaxed);
     }
     for c in children {
-        frames += crate::fanout::stop_child(c).await?;
+        let (f, d) = crate::fanout::stop_child(c).await?;
+        frames += f;
+        disconnected += d;
     }
     Ok(Report {
         scenario: "idle".into(),
         connections: a.connections,
         duration_s: a.hold.as_secs_f64(),
         frames,
+        disconnected,
         server,
         note: Some(format!(
             "heartbeat every {} s; memory measured after holding {:?}",

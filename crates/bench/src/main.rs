@@ -114,6 +114,8 @@ enum Cmd {
         common: Common,
         #[arg(long, default_value_t = 10000)]
         connections: usize,
+        /// Heartbeat period in seconds; never longer than half the period the server announces
+        /// in login_ok (0: just that)
         #[arg(long, default_value_t = 20)]
         heartbeat_s: u64,
         /// Seconds to hold the connections before measuring
@@ -138,8 +140,8 @@ enum Cmd {
 }
 
 /// Subscriber processes: as asked, else one per 15,000 connections (the open-file limit) and,
-/// from 2,000 connections on, at least one per core — a reader per core keeps up with the
-/// server's parallel passes and keeps each epoll set's lock on one CPU.
+/// from 2,000 connections on, at least one per core (up to 8) — a reader per core keeps up with
+/// the server's parallel passes and keeps each epoll set's lock on one CPU.
 fn procs_for(common: &Common, connections: usize) -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     common
@@ -147,7 +149,7 @@ fn procs_for(common: &Common, connections: usize) -> usize {
         .unwrap_or_else(|| {
             let by_files = connections.div_ceil(15_000);
             if connections >= 2_000 {
-                by_files.max(cores)
+                by_files.max(cores.min(8))
             } else {
                 by_files
             }
@@ -245,6 +247,12 @@ async fn run(cmd: Cmd) -> anyhow::Result<()> {
         plot::draw(&report, path).with_context(|| format!("cannot draw {}", path.display()))?;
     }
     Ok(())
+}
+
+/// The default source address of subscriber process `k`: 127.0.0.2, .3, … then 127.0.1.0, …
+pub(crate) fn loopback_source(k: usize) -> IpAddr {
+    let n = 2 + k as u32;
+    IpAddr::from([127, (n >> 16) as u8, (n >> 8) as u8, n as u8])
 }
 
 fn main() -> std::process::ExitCode {

@@ -115,8 +115,36 @@ impl Drop for Epoll {
     }
 }
 
-/// Reads every subscriber until `stop`; losses show up as missing deliveries, so a connection
-/// the server closes is reported and dropped, and the others go on.
+/// What one round read, added to the recorder's totals at its end (latencies first, so that a
+/// step never ends with deliveries counted whose latencies are not recorded yet).
+#[derive(Default)]
+struct Round {
+    delivered: u64,
+    duplicates: u64,
+    frames: u64,
+    latencies: Vec<u64>,
+}
+
+impl Round {
+    fn publish(&mut self, recorder: &Arc<Recorder>) {
+        recorder.record_all(&self.latencies);
+        self.latencies.clear();
+        for (total, n) in [
+            (&recorder.frames, &mut self.frames),
+            (&recorder.delivered, &mut self.delivered),
+            (&recorder.duplicates, &mut self.duplicates),
+        ] {
+            if *n > 0 {
+                total.fetch_add(*n, Relaxed);
+                *n = 0;
+            }
+        }
+    }
+}
+
+/// Reads every subscriber until `stop`. A connection the server closes (or that fails) is
+/// counted in `recorder.closed` and dropped; the others go on, and what it missed shows up as
+/// lost deliveries.
 pub fn run(
     mut subs: Vec<Sub>,
     recorder: Arc<Recorder>,
@@ -128,57 +156,80 @@ pub fn run(
         ep.ctl(libc::EPOLL_CTL_ADD, s.stream.as_raw_fd(), i as u64)?;
     }
     let mut alive = vec![true; subs.len()];
-    let mut closed = 0usize;
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
-    // Heartbeats are spread evenly over the period: connection i beats at i/n of it.
+    let mut round = Round {
+        latencies: Vec::with_capacity(64 * 1024),
+        ..Round::default()
+    };
+    let drop_sub = |i: usize, s: &Sub, e: anyhow::Error, alive: &mut Vec<bool>| {
+        if recorder.closed.fetch_add(1, Relaxed) == 0 {
+            eprintln!("subscriber {i} stopped: {e:#} (later ones are only counted)");
+        }
+        let _ = ep.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), 0);
+        alive[i] = false;
+    };
+    // Bytes read with the join reply but not parsed yet (normally none: nothing is published
+    // before every subscriber has joined).
+    for (i, s) in subs.iter_mut().enumerate() {
+        if let Err(e) = take_frames(s, cfg.wire, &mut round) {
+            drop_sub(i, s, e, &mut alive);
+        }
+    }
+    // Heartbeats: one on every connection now (the joins may have taken a while), then spread
+    // evenly over the period, connection i at i/n of it.
     let beat_start = Instant::now();
     let mut beats_sent = 0u64;
-    // Latencies of one round, recorded together.
-    let mut latencies = Vec::with_capacity(64 * 1024);
-    // Frames read during the join, before this loop took over.
-    for s in subs.iter_mut() {
-        take_frames(s, cfg.wire, &recorder, &mut latencies)?;
-    }
     while !stop.load(Relaxed) {
         let n = ep.wait(&mut events, 100)?;
         for ev in &events[..n] {
             let i = ev.u64 as usize;
+            if !alive[i] {
+                continue;
+            }
             let s = &mut subs[i];
             let got = s
                 .frames
                 .fill_now(&mut s.stream)
-                .and_then(|_| take_frames(s, cfg.wire, &recorder, &mut latencies));
+                .and_then(|_| take_frames(s, cfg.wire, &mut round));
             if let Err(e) = got {
-                if closed == 0 {
-                    eprintln!("subscriber {i} stopped: {e:#} (later ones are only counted)");
-                }
-                closed += 1;
-                let _ = ep.ctl(libc::EPOLL_CTL_DEL, s.stream.as_raw_fd(), 0);
-                alive[i] = false;
+                drop_sub(i, s, e, &mut alive);
             }
         }
-        recorder.record_all(&latencies);
-        latencies.clear();
+        round.publish(&recorder);
         if let Some(every) = cfg.heartbeat
             && !subs.is_empty()
         {
-            let due = (beat_start.elapsed().as_secs_f64() / every.as_secs_f64() * subs.len() as f64)
-                as u64;
+            let count = subs.len() as u64;
+            let due = count
+                + (beat_start.elapsed().as_secs_f64() / every.as_secs_f64() * count as f64) as u64;
             while beats_sent < due {
-                let i = (beats_sent % subs.len() as u64) as usize;
+                let i = (beats_sent % count) as usize;
                 beats_sent += 1;
-                if alive[i] {
-                    let (opcode, payload) = crate::client::request(
-                        cfg.wire,
-                        Op::Heartbeat,
-                        beats_sent as u32,
-                        "{}",
-                        |_| {},
-                    );
-                    let frame = roomcast_proto::ws::client_frame(opcode, &payload, [7, 1, 3, 5]);
-                    // A few bytes into an almost empty send buffer; if even that does not fit,
-                    // the connection is stuck and the server will close it.
-                    let _ = subs[i].stream.write(&frame);
+                if !alive[i] {
+                    continue;
+                }
+                let (opcode, payload) = crate::client::request(
+                    cfg.wire,
+                    Op::Heartbeat,
+                    beats_sent as u32,
+                    "{}",
+                    |_| {},
+                );
+                let frame = roomcast_proto::ws::client_frame(opcode, &payload, [7, 1, 3, 5]);
+                // A few bytes into an almost empty send buffer: anything short of the whole
+                // frame would corrupt the stream, so the connection counts as failed.
+                match subs[i].stream.write(&frame) {
+                    Ok(n) if n == frame.len() => {}
+                    Ok(_) => drop_sub(
+                        i,
+                        &subs[i],
+                        anyhow::anyhow!("heartbeat only partly written"),
+                        &mut alive,
+                    ),
+                    // The send buffer is full: the server has not read for a long time; skip
+                    // this beat (its silence check will tell).
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => drop_sub(i, &subs[i], e.into(), &mut alive),
                 }
             }
         }
@@ -186,47 +237,39 @@ pub fn run(
             std::thread::sleep(cfg.pace);
         }
     }
+    let closed = recorder.closed.load(Relaxed);
     if closed > 0 {
         eprintln!(
-            "{closed} of {} subscribers of this process were closed by the server",
+            "{closed} of {} subscribers of this process were closed by the server or failed",
             subs.len()
         );
     }
     Ok(())
 }
 
-/// Parses the frames one subscriber holds, counts its room messages and adds their latencies
-/// to `latencies`.
-fn take_frames(
-    s: &mut Sub,
-    wire: Wire,
-    recorder: &Arc<Recorder>,
-    latencies: &mut Vec<u64>,
-) -> anyhow::Result<()> {
-    let (mut delivered, mut dups) = (0u64, 0u64);
+/// Parses the frames one subscriber holds; counts its room messages and frames into `round`
+/// (also those before a frame that fails, such as the server's close frame).
+fn take_frames(s: &mut Sub, wire: Wire, round: &mut Round) -> anyhow::Result<()> {
     let now = now_us();
     let track = &mut s.track;
+    let (delivered, dups, latencies) = (
+        &mut round.delivered,
+        &mut round.duplicates,
+        &mut round.latencies,
+    );
     let frames = s.frames.parse(wire, &mut |e| {
         if let Event::RoomMsg(m) = e {
             if track.first_time(m.seq) {
-                delivered += 1;
+                *delivered += 1;
                 if m.sent_us > 0 {
                     latencies.push(now.saturating_sub(m.sent_us));
                 }
             } else if m.seq > track.baseline {
-                dups += 1;
+                *dups += 1;
             }
         }
     })?;
-    if frames > 0 {
-        recorder.frames.fetch_add(frames as u64, Relaxed);
-    }
-    if delivered > 0 {
-        recorder.delivered.fetch_add(delivered, Relaxed);
-    }
-    if dups > 0 {
-        recorder.duplicates.fetch_add(dups, Relaxed);
-    }
+    round.frames += frames as u64;
     Ok(())
 }
 

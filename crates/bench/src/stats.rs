@@ -42,6 +42,8 @@ pub struct Recorder {
     pub duplicates: AtomicU64,
     /// Frames received by subscribers.
     pub frames: AtomicU64,
+    /// Subscriber connections closed by the server (or failed) before the end.
+    pub closed: AtomicU64,
 }
 
 thread_local! {
@@ -60,6 +62,7 @@ impl Recorder {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             frames: AtomicU64::new(0),
+            closed: AtomicU64::new(0),
         })
     }
 
@@ -225,6 +228,9 @@ pub struct Report {
     pub duplicates: u64,
     pub deliveries_per_sec: f64,
     pub frames: u64,
+    /// Subscriber connections the server closed (or that failed) during the run.
+    #[serde(default)]
+    pub disconnected: u64,
     pub latency_ms: Percentiles,
     pub server: Option<ServerReport>,
     /// Ramp: the steps, and the highest passing one.
@@ -263,6 +269,12 @@ impl Report {
             println!("lost                {}", self.lost);
             println!("duplicates          {}", self.duplicates);
             println!("frames received     {}", self.frames);
+            if self.disconnected > 0 {
+                println!(
+                    "disconnected        {} (closed by the server)",
+                    self.disconnected
+                );
+            }
             println!("deliveries/s        {:.0}", self.deliveries_per_sec);
             let l = &self.latency_ms;
             println!(

@@ -40,7 +40,8 @@ pub struct GatewayConfig {
     /// duration after that pass started; batches arriving in between go out together in the
     /// next pass. 2.0 keeps a big room's writes to half the node's time under any message
     /// rate, leaving the rest for everything else; 1.0 (the default) writes again as soon as
-    /// a pass ends. The pause adds to the room workers' batch window: use it with a short one.
+    /// a pass ends. The pause (at most 500 ms) adds to the room workers' batch window: use it
+    /// with a short one.
     pub fanout_spacing: f64,
     /// Time to wait for clients to complete the closing handshake.
     pub close_grace_ms: u64,

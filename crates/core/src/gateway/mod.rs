@@ -379,7 +379,9 @@ impl Gateway {
             // node's time, whatever the message rate (see `GatewayConfig::fanout_spacing`).
             let spacing = self.cfg.fanout_spacing.max(1.0);
             if spacing > 1.0 {
-                tokio::time::sleep_until(started + took.mul_f64(spacing)).await;
+                // A pass slowed down by something else must not stall the room for long.
+                let pause = took.mul_f64(spacing - 1.0).min(MAX_PASS_PAUSE);
+                tokio::time::sleep(pause).await;
             }
             match next_items(&room) {
                 Some(next) => items = next,
@@ -607,6 +609,9 @@ impl Gateway {
         }
     }
 }
+
+/// The longest pause `fanout_spacing` puts between two passes over a room.
+const MAX_PASS_PAUSE: Duration = Duration::from_millis(500);
 
 fn next_items(room: &Room) -> Option<Vec<Arc<Outgoing>>> {
     let mut q = room.fanout.lock();

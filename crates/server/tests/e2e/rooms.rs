@@ -182,9 +182,10 @@ async fn online_counts_in_join_ok_and_pushed() {
 }
 
 #[tokio::test]
-async fn a_big_room_written_by_parallel_paced_passes_keeps_order_and_loses_nothing() {
-    // Five members with a chunk of two: every pass is split over three tasks; passes are
-    // spaced three times their duration apart, so batches arriving meanwhile are coalesced.
+async fn a_big_room_written_by_parallel_tasks_keeps_order_and_loses_nothing() {
+    // Five members with a chunk of two: every pass is split over three tasks, and with
+    // `fanout_spacing` each pass waits after the previous one (batches arriving meanwhile go
+    // out together). Order and completeness must not depend on either.
     let s = TestServer::start_with(|c| {
         raise_limits(c);
         c.gateway.fanout_chunk = 2;
