@@ -37,13 +37,20 @@ fi
 
 cargo build --release -q -p roomcast-server -p roomcast-bench
 mkdir -p "$OUT"
-if curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null; then
-    echo "something already answers on port $PORT; stop it or set PORT" >&2
-    exit 1
-fi
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
 start_server() { # $1: config file
     stop_server
+    # A server that is still shutting down (or anything else) may hold the port for a moment.
+    for _ in $(seq 100); do
+        port_busy || break
+        sleep 0.1
+    done
+    if port_busy; then
+        echo "port $PORT is in use; stop what listens there or set PORT" >&2
+        exit 1
+    fi
     rm -rf "$DATA/data"
     ROOMCAST_JWT_SECRET=$SECRET target/release/roomcast standalone --config "$1" \
         --listen "127.0.0.1:$PORT" --data-dir "$DATA/data" >"$DATA/server.log" 2>&1 &
