@@ -364,6 +364,22 @@ mod tests {
         s.task.await.unwrap();
     }
 
+    /// A worker with no bus, for its window logic.
+    fn bare_worker(cfg: WorkerConfig, metrics: &Arc<Metrics>) -> RoomWorker {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let history = Arc::new(History::new(
+            HistoryConfig::default(),
+            Arc::new(MemoryStore::new(100)),
+        ));
+        RoomWorker::new(
+            cfg,
+            history,
+            Arc::new(MemoryRoutes::default()),
+            Arc::new(Recorder(tx)),
+            metrics.clone(),
+        )
+    }
+
     #[test]
     fn window_follows_the_gateways_passes_over_big_rooms() {
         let cfg = WorkerConfig {
@@ -372,22 +388,8 @@ mod tests {
             pass_window_factor: 2.0,
             ..Default::default()
         };
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let history = Arc::new(History::new(
-            HistoryConfig::default(),
-            Arc::new(MemoryStore::new(100)),
-        ));
         let metrics = Arc::new(Metrics::default());
-        let worker = |cfg: WorkerConfig| {
-            RoomWorker::new(
-                cfg,
-                history.clone(),
-                Arc::new(MemoryRoutes::default()),
-                Arc::new(Recorder(tx.clone())),
-                metrics.clone(),
-            )
-        };
-        let w = worker(cfg.clone());
+        let w = bare_worker(cfg.clone(), &metrics);
         assert_eq!(w.window(), Duration::from_millis(20), "no pass yet");
         let now = crate::clock::now_ms();
         metrics.fanout_load.record(Duration::from_millis(30), now);
@@ -405,10 +407,13 @@ mod tests {
             "an old pass is ignored"
         );
         metrics.fanout_load.record(Duration::from_millis(30), now);
-        let off = worker(WorkerConfig {
-            pass_window_factor: 0.0,
-            ..cfg
-        });
+        let off = bare_worker(
+            WorkerConfig {
+                pass_window_factor: 0.0,
+                ..cfg
+            },
+            &metrics,
+        );
         assert_eq!(off.window(), Duration::from_millis(20), "turned off");
     }
 
@@ -419,18 +424,7 @@ mod tests {
             batch_window_max_ms: 200,
             ..Default::default()
         };
-        let (tx, _rx) = mpsc::unbounded_channel();
-        let history = Arc::new(History::new(
-            HistoryConfig::default(),
-            Arc::new(MemoryStore::new(100)),
-        ));
-        let w = RoomWorker::new(
-            cfg,
-            history,
-            Arc::new(MemoryRoutes::default()),
-            Arc::new(Recorder(tx)),
-            Arc::new(Metrics::default()),
-        );
+        let w = bare_worker(cfg, &Arc::new(Metrics::default()));
         assert_eq!(w.window(), Duration::from_millis(20));
         for _ in 0..100 {
             w.observe_lateness(Duration::from_millis(500));
