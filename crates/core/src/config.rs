@@ -56,6 +56,15 @@ pub struct GatewayConfig {
     pub critical_retry_max_ms: u64,
     /// Sends (first one included) before an unacknowledged critical message counts as failed.
     pub critical_max_attempts: u32,
+    /// `join`s per connection (over it: `rate_limited` with `retry_after_ms`).
+    pub join_limit: LimitConfig,
+    /// Rooms that get their first member on this node, per second across all connections, so
+    /// that joins of random room ids cannot grow the node's room table at will.
+    pub new_room_limit: LimitConfig,
+    /// Requests that cost a store write or a token check (`ack`, `login`) and pings, per
+    /// connection. Over it: `rate_limited`, and the request counts against
+    /// `max_errors_per_10s`.
+    pub request_limit: LimitConfig,
 }
 
 impl Default for GatewayConfig {
@@ -78,6 +87,18 @@ impl Default for GatewayConfig {
             critical_retry_base_ms: 2000,
             critical_retry_max_ms: 60_000,
             critical_max_attempts: 6,
+            join_limit: LimitConfig {
+                rate: 5.0,
+                burst: 20.0,
+            },
+            new_room_limit: LimitConfig {
+                rate: 500.0,
+                burst: 5000.0,
+            },
+            request_limit: LimitConfig {
+                rate: 20.0,
+                burst: 100.0,
+            },
         }
     }
 }
@@ -101,6 +122,26 @@ pub struct LimitConfig {
     pub rate: f64,
     /// Messages that may be sent at once after a quiet period.
     pub burst: f64,
+}
+
+impl LimitConfig {
+    /// The smallest positive rate accepted (one per ~11.5 days); below it refill times overflow.
+    pub const MIN_RATE: f64 = 1e-6;
+
+    /// Why this limit cannot be used, if it cannot (`name` is its config key).
+    pub fn check(&self, name: &str) -> Result<(), String> {
+        if !(self.rate.is_finite() && self.burst.is_finite()) || self.rate < 0.0 || self.burst < 0.0
+        {
+            return Err(format!("{name}: rate and burst must be finite and not negative"));
+        }
+        if self.rate > 0.0 && self.rate < Self::MIN_RATE {
+            return Err(format!(
+                "{name}: rate must be 0 (off) or at least {}",
+                Self::MIN_RATE
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl From<LimitConfig> for Limit {

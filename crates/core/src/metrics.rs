@@ -153,6 +153,18 @@ const DROP_REASONS: [(&str, DropReason); 5] = [
 /// Everything roomcast counts. One instance per process, shared by all components.
 pub struct Metrics {
     pub connections: Gauge,
+    /// WebSocket sockets still open, including connections that ended and are closing.
+    pub sockets_open: Gauge,
+    /// TCP connections on the HTTP port (WebSocket ones included).
+    pub http_connections: Gauge,
+    /// TCP connections refused at accept: over the total cap, over the per-address cap.
+    pub http_refused_total: Counter,
+    pub http_refused_per_ip: Counter,
+    /// HTTP requests that ran past `http.request_timeout_ms` (answered 408).
+    pub http_timeouts: Counter,
+    /// Requests refused by a per-connection or per-node limit (joins, rooms created, acks,
+    /// logins, dev endpoints).
+    pub limited_requests: Counter,
     pub connections_opened: Counter,
     pub rooms: Gauge,
     pub room_memberships: Gauge,
@@ -185,6 +197,12 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             connections: Gauge::default(),
+            sockets_open: Gauge::default(),
+            http_connections: Gauge::default(),
+            http_refused_total: Counter::default(),
+            http_refused_per_ip: Counter::default(),
+            http_timeouts: Counter::default(),
+            limited_requests: Counter::default(),
             connections_opened: Counter::default(),
             rooms: Gauge::default(),
             room_memberships: Gauge::default(),
@@ -234,6 +252,24 @@ impl Metrics {
         );
         gauge(
             &mut o,
+            "roomcast_sockets_open",
+            "WebSocket sockets still open, connections that are closing included.",
+            self.sockets_open.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_http_connections",
+            "TCP connections on the HTTP port, WebSocket ones included.",
+            self.http_connections.get(),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP roomcast_http_refused_total TCP connections refused at accept, by cap.\n# TYPE roomcast_http_refused_total counter\nroomcast_http_refused_total{{cap=\"total\"}} {}\nroomcast_http_refused_total{{cap=\"per_ip\"}} {}",
+            self.http_refused_total.get(),
+            self.http_refused_per_ip.get()
+        );
+        gauge(
+            &mut o,
             "roomcast_rooms",
             "Rooms with at least one local member.",
             self.rooms.get(),
@@ -264,6 +300,18 @@ impl Metrics {
             "roomcast_connections_opened_total",
             "WebSocket connections accepted.",
             self.connections_opened.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_http_timeouts_total",
+            "HTTP requests that ran past the whole-request timeout (answered 408).",
+            self.http_timeouts.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_limited_requests_total",
+            "Requests refused by a per-connection or per-node limit (joins, new rooms, acks, logins, dev endpoints).",
+            self.limited_requests.get(),
         );
         counter(
             &mut o,

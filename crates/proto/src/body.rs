@@ -83,6 +83,13 @@ pub struct LoginOk {
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 pub struct HeartbeatOk {}
 
+/// `logout`: end the session (leave every room, drop presence) and close.
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+pub struct Logout {}
+
+#[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
+pub struct LogoutOk {}
+
 #[derive(Clone, PartialEq, prost::Message, Serialize, Deserialize)]
 pub struct JoinOk {
     #[prost(string, tag = "1")]

@@ -14,12 +14,14 @@ pub enum Op {
     Leave = 4,
     Chat = 5,
     Ack = 6,
+    Logout = 7,
     // server -> client replies
     LoginOk = 65,
     HeartbeatOk = 66,
     JoinOk = 67,
     LeaveOk = 68,
     ChatOk = 69,
+    LogoutOk = 71,
     Error = 127,
     // server -> client pushes
     RoomMsg = 128,
@@ -30,18 +32,20 @@ pub enum Op {
 
 impl Op {
     /// All ops, for tables and documentation.
-    pub const ALL: [Op; 16] = [
+    pub const ALL: [Op; 18] = [
         Op::Login,
         Op::Heartbeat,
         Op::Join,
         Op::Leave,
         Op::Chat,
         Op::Ack,
+        Op::Logout,
         Op::LoginOk,
         Op::HeartbeatOk,
         Op::JoinOk,
         Op::LeaveOk,
         Op::ChatOk,
+        Op::LogoutOk,
         Op::Error,
         Op::RoomMsg,
         Op::Online,
@@ -65,11 +69,13 @@ impl Op {
             Op::Leave => "leave",
             Op::Chat => "chat",
             Op::Ack => "ack",
+            Op::Logout => "logout",
             Op::LoginOk => "login_ok",
             Op::HeartbeatOk => "heartbeat_ok",
             Op::JoinOk => "join_ok",
             Op::LeaveOk => "leave_ok",
             Op::ChatOk => "chat_ok",
+            Op::LogoutOk => "logout_ok",
             Op::Error => "error",
             Op::RoomMsg => "room_msg",
             Op::Online => "online",
@@ -95,6 +101,7 @@ impl Op {
             Op::Join => Some(Op::JoinOk),
             Op::Leave => Some(Op::LeaveOk),
             Op::Chat => Some(Op::ChatOk),
+            Op::Logout => Some(Op::LogoutOk),
             _ => None,
         }
     }

@@ -125,6 +125,8 @@ fn proto_file_matches_the_rust_types() {
         ("Leave", encoded::<body::Leave>),
         ("Chat", encoded::<body::Chat>),
         ("Ack", encoded::<body::Ack>),
+        ("Logout", encoded::<body::Logout>),
+        ("LogoutOk", encoded::<body::LogoutOk>),
         ("LoginOk", encoded::<body::LoginOk>),
         ("HeartbeatOk", encoded::<body::HeartbeatOk>),
         ("JoinOk", encoded::<body::JoinOk>),

@@ -17,6 +17,7 @@ use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
 use roomcast_backends::sqlite_acks::SqliteAckStore;
 use roomcast_backends::sqlite_outbox::SqliteOutbox;
 use roomcast_core::auth::JwtAuth;
+use roomcast_core::gateway::limits::Bucket;
 use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, LocalDelivery};
 use roomcast_core::history::History;
 use roomcast_core::ids::NodeId;
@@ -64,6 +65,15 @@ async fn wait_true(mut rx: watch::Receiver<bool>) {
 
 /// Starts the standalone server.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    start_with_handlers(config, HandlerTable::standard()).await
+}
+
+/// Starts the standalone server with a handler table of the caller's (tests add handlers).
+pub async fn start_with_handlers(
+    config: Config,
+    handlers: HandlerTable,
+) -> anyhow::Result<Running> {
+    config.validate()?;
     let metrics = Arc::new(Metrics::default());
     let secret = match &config.auth.jwt_secret {
         Some(s) if !s.is_empty() => s.clone().into_bytes(),
@@ -156,7 +166,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             acks: acks.clone(),
             metrics: metrics.clone(),
         },
-        HandlerTable::standard(),
+        handlers,
     );
     let delivery = Arc::new(LocalDelivery::new(gateway.clone()));
     let workers = consumers
@@ -239,8 +249,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             gateway: gateway.clone(),
             dev_token_ttl_s: config.dev.token_ttl_s,
             ready,
+            dev_limit: config.dev.rate_limit,
+            dev_bucket: parking_lot::Mutex::new(Bucket::new(&config.dev.rate_limit, 0)),
+            started: std::time::Instant::now(),
+            allowed_origins: config.http.allowed_origins.clone(),
         }),
-        config.dev.endpoints_on(),
+        http::Routes {
+            dev_endpoints: config.dev.endpoints_on(config.listen),
+            echo: config.dev.echo,
+        },
         Arc::new(crate::api::ApiState {
             gateway: gateway.clone(),
             ingest: api_ingest,
@@ -249,7 +266,17 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }),
     );
     let (stop_http, stop_http_rx) = watch::channel(false);
-    let http_task = tokio::spawn(http::serve(listener, app, wait_true(stop_http_rx)));
+    let limits = http::ServeLimits {
+        conns: Arc::new(http::ConnLimits::new(
+            config.http.connection_cap(),
+            config.http.max_connections_per_ip,
+            metrics.clone(),
+        )),
+        header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+        request_timeout: Duration::from_millis(config.http.request_timeout_ms),
+        metrics: metrics.clone(),
+    };
+    let http_task = tokio::spawn(http::serve(listener, app, limits, wait_true(stop_http_rx)));
 
     Ok(Running {
         addr,
@@ -322,7 +349,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let store = config.store_url()?;
-    let dev = config.dev.endpoints_on();
+    let dev = config.dev.endpoints_on(config.listen);
     let running = start(config).await?;
     if announce {
         print_banner(running.addr, &data_dir, &store, dev);

@@ -11,7 +11,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
-use roomcast_core::config::{GatewayConfig, HistoryConfig, IngestConfig, WorkerConfig};
+use roomcast_core::config::{
+    GatewayConfig, HistoryConfig, IngestConfig, LimitConfig, WorkerConfig,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +34,7 @@ pub struct Config {
     pub shutdown_drain_ms: u64,
     pub auth: AuthConfig,
     pub api: ApiConfig,
+    pub http: HttpConfig,
     pub dev: DevConfig,
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
@@ -63,16 +66,74 @@ pub struct ApiConfig {
     pub keys: Vec<String>,
 }
 
+/// The HTTP listener's own limits (every TCP connection on the port, WebSocket ones included).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// TCP connections held at once, HTTP and WebSocket (more are answered 503 and closed at
+    /// once). 0: the process's open-file limit less 512 (for the store, logs and accepts).
+    pub max_connections: usize,
+    /// TCP connections held at once from one IP address (0: no cap). Behind a proxy or load
+    /// balancer that does not keep client addresses, every client shares its address: raise
+    /// this or set 0 there.
+    pub max_connections_per_ip: usize,
+    /// A whole HTTP request — headers, body and handler — must be done within this (408).
+    pub request_timeout_ms: u64,
+    /// The request headers, the WebSocket upgrade's included, must arrive within this, or the
+    /// connection is closed (slow handshakes).
+    pub header_timeout_ms: u64,
+    /// Origins allowed to open WebSocket connections from a browser (`https://example.com`,
+    /// compared exactly, ASCII case-insensitively). Empty: any. Requests without an `Origin`
+    /// header (non-browser clients) are not affected.
+    pub allowed_origins: Vec<String>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_connections: 0,
+            max_connections_per_ip: 1000,
+            request_timeout_ms: 10_000,
+            header_timeout_ms: 10_000,
+            allowed_origins: Vec::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// `max_connections`, with 0 resolved from the open-file limit.
+    pub fn connection_cap(&self) -> usize {
+        if self.max_connections > 0 {
+            return self.max_connections;
+        }
+        let nofile = rlimit_nofile().unwrap_or(1024);
+        nofile.saturating_sub(512).max(64)
+    }
+}
+
+/// The soft limit on open files of this process.
+fn rlimit_nofile() -> Option<usize> {
+    // /proc is enough on Linux and needs no libc binding.
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
 /// Development conveniences for the demo page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DevConfig {
     /// `POST /dev/token` (a token for any nickname) and `POST /dev/gift`. Anyone who can reach
     /// the server can get a token this way, so keep it off wherever the platform issues tokens.
-    /// Unset: on in standalone.
+    /// Unset: on when the server listens on a loopback address only, off otherwise.
     pub endpoints: Option<bool>,
     /// Lifetime of the tokens `/dev/token` hands out.
     pub token_ttl_s: u64,
+    /// Requests per second to the dev endpoints, all clients together (429 over it).
+    pub rate_limit: LimitConfig,
+    /// `GET /dev/echo`: a WebSocket endpoint that runs the gateway's own connection code and
+    /// echoes data messages, for conformance suites (Autobahn). Off by default.
+    pub echo: bool,
 }
 
 impl Default for DevConfig {
@@ -80,14 +141,19 @@ impl Default for DevConfig {
         DevConfig {
             endpoints: None,
             token_ttl_s: 24 * 3600,
+            rate_limit: LimitConfig {
+                rate: 10.0,
+                burst: 50.0,
+            },
+            echo: false,
         }
     }
 }
 
 impl DevConfig {
-    /// Whether the dev endpoints are served (standalone's default: yes).
-    pub fn endpoints_on(&self) -> bool {
-        self.endpoints.unwrap_or(true)
+    /// Whether the dev endpoints are served: as configured, else only on a loopback listener.
+    pub fn endpoints_on(&self, listen: SocketAddr) -> bool {
+        self.endpoints.unwrap_or(listen.ip().is_loopback())
     }
 }
 
@@ -120,6 +186,7 @@ impl Default for Config {
             shutdown_drain_ms: 0,
             auth: AuthConfig::default(),
             api: ApiConfig::default(),
+            http: HttpConfig::default(),
             dev: DevConfig::default(),
             store: StoreConfig::default(),
             gateway: GatewayConfig::default(),
@@ -186,7 +253,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> anyhow::Result<()> {
+    /// Refuses values the server cannot run with, naming the key (also called by `app::start`).
+    pub fn validate(&self) -> anyhow::Result<()> {
         let g = &self.gateway;
         if g.max_body_bytes == 0 || g.max_frame_bytes < g.max_body_bytes {
             bail!(
@@ -218,6 +286,16 @@ impl Config {
         {
             bail!("api.keys: each key must be at least 16 characters, without surrounding spaces");
         }
+        if self.http.request_timeout_ms == 0 || self.http.header_timeout_ms == 0 {
+            bail!("http.request_timeout_ms and http.header_timeout_ms must be positive");
+        }
+        if let Some(o) = self.http.allowed_origins.iter().find(|o| {
+            !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')
+        }) {
+            bail!(
+                "http.allowed_origins: {o:?} is not an origin (scheme://host[:port], no path)"
+            );
+        }
         if self.dev.token_ttl_s == 0 {
             bail!("dev.token_ttl_s must be positive");
         }
@@ -227,10 +305,12 @@ impl Config {
         for (name, l) in [
             ("ingest.user_limit", self.ingest.user_limit),
             ("ingest.room_limit", self.ingest.room_limit),
+            ("gateway.join_limit", g.join_limit),
+            ("gateway.new_room_limit", g.new_room_limit),
+            ("gateway.request_limit", g.request_limit),
+            ("dev.rate_limit", self.dev.rate_limit),
         ] {
-            if !(l.rate >= 0.0 && l.burst >= 0.0 && l.rate.is_finite() && l.burst.is_finite()) {
-                bail!("{name}: rate and burst must be finite and not negative");
-            }
+            l.check(name).map_err(anyhow::Error::msg)?;
         }
         self.store_url()?;
         Ok(())

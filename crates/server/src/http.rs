@@ -3,9 +3,16 @@
 //!
 //! The upgrade is done here rather than with a WebSocket library so that, once switched, the
 //! gateway owns the plain `TcpStream` and can write shared, pre-built frames to it directly.
+//!
+//! Limits a public listener needs live here: a cap on TCP connections in total and per IP
+//! address (checked at accept, before any byte is read; a WebSocket keeps its slot until its
+//! socket closes), a deadline for request headers (slow handshakes) and one for the whole
+//! request, body included (trickled bodies), and an optional `Origin` allow-list for browser
+//! upgrades.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +23,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use roomcast_core::gateway::{AcceptError, Gateway};
+use roomcast_core::config::LimitConfig;
+use roomcast_core::gateway::limits::Bucket;
+use roomcast_core::gateway::{AcceptError, Gateway, Upgraded};
+use roomcast_core::metrics::Metrics;
 use roomcast_proto::Wire;
 use roomcast_proto::wire::{SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 use roomcast_proto::ws::accept_key;
@@ -34,19 +44,56 @@ pub struct HttpState {
     /// Lifetime of tokens from `POST /dev/token`.
     pub dev_token_ttl_s: u64,
     pub ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    /// Requests to the dev endpoints, all clients together.
+    pub dev_limit: LimitConfig,
+    pub dev_bucket: parking_lot::Mutex<Bucket>,
+    pub started: std::time::Instant,
+    /// `http.allowed_origins` (empty: any).
+    pub allowed_origins: Vec<String>,
 }
 
-pub fn router(
-    state: Arc<HttpState>,
-    dev_endpoints: bool,
-    api: Arc<crate::api::ApiState>,
-) -> Router {
-    Router::new()
+impl HttpState {
+    /// Takes a token from the dev endpoints' budget; a 429 response when there is none.
+    pub fn dev_admit(&self) -> Result<(), Response> {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.dev_bucket
+            .lock()
+            .take(&self.dev_limit, now)
+            .map_err(|wait| {
+                self.gateway.metrics().limited_requests.inc();
+                let mut r = error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many requests to the dev endpoints",
+                );
+                let secs = wait.as_secs().max(1).to_string();
+                if let Ok(v) = HeaderValue::from_str(&secs) {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                r
+            })
+    }
+}
+
+/// Which optional routes are served.
+#[derive(Debug, Clone, Copy)]
+pub struct Routes {
+    /// `/dev/token`, `/dev/gift`.
+    pub dev_endpoints: bool,
+    /// `/dev/echo`.
+    pub echo: bool,
+}
+
+pub fn router(state: Arc<HttpState>, routes: Routes, api: Arc<crate::api::ApiState>) -> Router {
+    let mut r = Router::new()
         .route("/ws", get(ws_upgrade))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .merge(crate::web::routes(dev_endpoints))
+        .route("/metrics", get(metrics));
+    if routes.echo {
+        r = r.route("/dev/echo", get(echo_upgrade));
+    }
+    r.merge(crate::web::routes(routes.dev_endpoints))
         .fallback(not_found)
         .with_state(state)
         .nest("/api/v1", crate::api::router(api))
@@ -123,7 +170,30 @@ fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-async fn ws_upgrade(State(s): State<Arc<HttpState>>, mut req: Request) -> Response {
+async fn ws_upgrade(State(s): State<Arc<HttpState>>, req: Request) -> Response {
+    upgrade(s, req, false)
+}
+
+async fn echo_upgrade(State(s): State<Arc<HttpState>>, req: Request) -> Response {
+    upgrade(s, req, true)
+}
+
+/// Whether a browser's `Origin` may open a WebSocket here.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    match headers.get(header::ORIGIN) {
+        // Not a browser (browsers always send it on WebSocket upgrades).
+        None => true,
+        Some(origin) => {
+            let origin = origin.to_str().unwrap_or("");
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(origin))
+        }
+    }
+}
+
+fn upgrade(s: Arc<HttpState>, mut req: Request, echo: bool) -> Response {
     let headers = req.headers();
     if !header_has(headers, header::UPGRADE, "websocket")
         || !header_has(headers, header::CONNECTION, "upgrade")
@@ -160,6 +230,13 @@ async fn ws_upgrade(State(s): State<Arc<HttpState>>, mut req: Request) -> Respon
             "missing Sec-WebSocket-Key",
         );
     };
+    if !origin_allowed(&s.allowed_origins, headers) {
+        return error_response(
+            StatusCode::FORBIDDEN,
+            "origin_not_allowed",
+            "this origin may not open WebSocket connections here",
+        );
+    }
     match s.gateway.can_accept() {
         Ok(()) => {}
         Err(e @ AcceptError::ShuttingDown) | Err(e @ AcceptError::Full) => {
@@ -170,7 +247,12 @@ async fn ws_upgrade(State(s): State<Arc<HttpState>>, mut req: Request) -> Respon
             );
         }
     }
-    let identity = match req.uri().query().and_then(|q| query_param(q, "token")) {
+    let token = if echo {
+        None
+    } else {
+        req.uri().query().and_then(|q| query_param(q, "token"))
+    };
+    let identity = match token {
         None => None,
         Some(token) => match s.gateway.authenticate(token) {
             Ok(id) => Some(id),
@@ -185,6 +267,11 @@ async fn ws_upgrade(State(s): State<Arc<HttpState>>, mut req: Request) -> Respon
         .get::<PeerAddr>()
         .map(|p| p.0)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    // The connection keeps its slot in the HTTP limits until its socket closes.
+    let hold: Option<Box<dyn Send + Sync>> = req
+        .extensions()
+        .get::<ConnSlot>()
+        .map(|slot| Box::new(slot.clone()) as Box<dyn Send + Sync>);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let gateway = s.gateway.clone();
     tokio::spawn(async move {
@@ -197,9 +284,16 @@ async fn ws_upgrade(State(s): State<Arc<HttpState>>, mut req: Request) -> Respon
         };
         match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => {
-                if let Err(e) =
-                    gateway.accept(parts.io.into_inner(), peer, parts.read_buf, wire, identity)
-                {
+                let up = Upgraded {
+                    stream: parts.io.into_inner(),
+                    peer,
+                    read_ahead: parts.read_buf,
+                    wire,
+                    identity,
+                    hold,
+                    echo,
+                };
+                if let Err(e) = gateway.accept(up) {
                     tracing::info!(error = %e, "connection refused after upgrade");
                 }
             }
@@ -220,10 +314,102 @@ async fn ws_upgrade(State(s): State<Arc<HttpState>>, mut req: Request) -> Respon
     r
 }
 
+/// Counts TCP connections in total and per IP address; a [`ConnSlot`] is one of them.
+pub struct ConnLimits {
+    max_total: usize,
+    max_per_ip: usize,
+    total: std::sync::atomic::AtomicUsize,
+    per_ip: parking_lot::Mutex<HashMap<IpAddr, usize>>,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnLimits {
+    /// `max_per_ip` 0: no per-address cap.
+    pub fn new(max_total: usize, max_per_ip: usize, metrics: Arc<Metrics>) -> Self {
+        ConnLimits {
+            max_total,
+            max_per_ip,
+            total: Default::default(),
+            per_ip: Default::default(),
+            metrics,
+        }
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a cap is reached.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<ConnSlot> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.total.fetch_add(1, Relaxed) >= self.max_total {
+            self.total.fetch_sub(1, Relaxed);
+            self.metrics.http_refused_total.inc();
+            return None;
+        }
+        if self.max_per_ip > 0 {
+            let mut map = self.per_ip.lock();
+            let n = map.entry(ip).or_default();
+            if *n >= self.max_per_ip {
+                drop(map);
+                self.total.fetch_sub(1, Relaxed);
+                self.metrics.http_refused_per_ip.inc();
+                return None;
+            }
+            *n += 1;
+        }
+        self.metrics.http_connections.inc();
+        Some(ConnSlot {
+            _inner: Arc::new(SlotInner {
+                limits: self.clone(),
+                ip,
+            }),
+        })
+    }
+}
+
+/// One admitted TCP connection; released when the last clone goes (the HTTP connection task
+/// and, after an upgrade, the WebSocket connection until its socket closes).
+#[derive(Clone)]
+pub struct ConnSlot {
+    _inner: Arc<SlotInner>,
+}
+
+struct SlotInner {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+}
+
+impl Drop for SlotInner {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let l = &self.limits;
+        if l.max_per_ip > 0 {
+            let mut map = l.per_ip.lock();
+            if let Some(n) = map.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&self.ip);
+                }
+            }
+        }
+        l.total.fetch_sub(1, Relaxed);
+        l.metrics.http_connections.dec();
+    }
+}
+
+/// The listener's limits (see [`crate::config::HttpConfig`]).
+pub struct ServeLimits {
+    pub conns: Arc<ConnLimits>,
+    pub header_timeout: Duration,
+    pub request_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+/// What a connection over a cap gets before it is closed.
+const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 75\r\nconnection: close\r\n\r\n{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections from here\"}}";
+
 /// Accepts connections until `stop` resolves, then lets in-flight HTTP requests finish.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
+    limits: ServeLimits,
     stop: impl std::future::Future<Output = ()>,
 ) {
     // Every connection task holds a clone of `alive`; when all are gone, `all_done` yields None.
@@ -243,27 +429,53 @@ pub async fn serve(
                 }
             },
         };
+        let Some(slot) = limits.conns.admit(peer.ip()) else {
+            // One non-blocking write, then close: a refused client costs no task and no wait.
+            let _ = tcp.try_write(REFUSED);
+            tracing::debug!(peer = %peer, "connection refused: over a connection cap");
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
+        let (request_timeout, metrics) = (limits.request_timeout, limits.metrics.clone());
+        let req_slot = slot.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(PeerAddr(peer));
+            req.extensions_mut().insert(req_slot.clone());
             let app = app.clone();
+            let metrics = metrics.clone();
             async move {
-                Ok::<_, Infallible>(
-                    app.oneshot(req.map(axum::body::Body::new))
-                        .await
-                        .unwrap_or_else(|e| match e {}),
+                // The whole request, body included: a trickled body cannot hold a task forever.
+                let response = tokio::time::timeout(
+                    request_timeout,
+                    app.oneshot(req.map(axum::body::Body::new)),
                 )
+                .await;
+                Ok::<_, Infallible>(match response {
+                    Ok(r) => r.unwrap_or_else(|e| match e {}),
+                    Err(_) => {
+                        metrics.http_timeouts.inc();
+                        let mut r = error_response(
+                            StatusCode::REQUEST_TIMEOUT,
+                            "request_timeout",
+                            "the request took too long",
+                        );
+                        r.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                        r
+                    }
+                })
             }
         });
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            .header_read_timeout(limits.header_timeout)
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
         let (alive, mut stop_rx) = (alive.clone(), stop_rx.clone());
         tokio::spawn(async move {
             let _alive = alive;
+            let _slot = slot;
             tokio::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,

@@ -99,6 +99,9 @@ async fn dev_token(
     State(s): State<Arc<HttpState>>,
     body: Result<Json<TokenReq>, JsonRejection>,
 ) -> Response {
+    if let Err(r) = s.dev_admit() {
+        return r;
+    }
     let Json(req) = match body {
         Ok(b) => b,
         Err(e) => return bad_json(e),
@@ -140,6 +143,9 @@ async fn dev_gift(
     headers: HeaderMap,
     body: Result<Json<GiftReq>, JsonRejection>,
 ) -> Response {
+    if let Err(r) = s.dev_admit() {
+        return r;
+    }
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

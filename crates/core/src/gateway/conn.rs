@@ -12,12 +12,20 @@
 //! frames that cannot be dropped, is disconnected with close code 4004.
 //!
 //! Idle connections hold no buffers: the read buffer exists only while bytes are being parsed.
+//!
+//! Ending: once the connection has ended ([`Conn::finish`]), what is still queued gets until the
+//! close deadline (`close_grace_ms` after the server decided to close) to go out; then the socket
+//! is aborted (RST), whatever the peer does, and its descriptor is released when the last
+//! reference goes. Until then it counts as an open socket (`roomcast_sockets_open`), which is what
+//! the connection limit checks. Pongs: at most one waits in the outbox (a newer ping replaces the
+//! waiting answer, as RFC 6455 5.5.3 allows), so a client that pings without reading cannot grow
+//! the queue.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -50,6 +58,8 @@ enum OutState {
 struct Queued {
     bytes: Bytes,
     droppable: bool,
+    /// An answer to a ping (at most one waits; a newer ping replaces it).
+    pong: bool,
 }
 
 struct Outbox {
@@ -61,8 +71,9 @@ struct Outbox {
     flushing: bool,
     state: OutState,
     behind_since: Option<Instant>,
-    /// Shut the socket down once the queue is drained (the connection has ended).
-    shutdown_when_drained: bool,
+    /// Set once the connection has ended: the queue is written until this instant, then the
+    /// socket is aborted.
+    deadline: Option<Instant>,
 }
 
 /// How to close a connection.
@@ -86,6 +97,40 @@ pub enum Sent {
     TooSlow,
 }
 
+/// What a pong handed to [`Conn::send_pong`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pong {
+    /// Written or queued; no other pong was waiting.
+    Sent,
+    /// An earlier pong was still waiting (the peer is not reading): it was replaced.
+    Replaced,
+    /// The connection is closing; nothing was sent.
+    Closed,
+}
+
+/// Held by a connection for as long as its socket is open: counts it in `sockets_open` (and
+/// whatever the HTTP layer attached, e.g. the per-address count) until the descriptor closes.
+pub struct SocketHold {
+    metrics: Arc<Metrics>,
+    _extra: Option<Box<dyn Send + Sync>>,
+}
+
+impl SocketHold {
+    pub fn new(metrics: Arc<Metrics>, extra: Option<Box<dyn Send + Sync>>) -> Self {
+        metrics.sockets_open.inc();
+        SocketHold {
+            metrics,
+            _extra: extra,
+        }
+    }
+}
+
+impl Drop for SocketHold {
+    fn drop(&mut self) {
+        self.metrics.sockets_open.dec();
+    }
+}
+
 pub struct Conn {
     pub id: ConnId,
     pub peer: SocketAddr,
@@ -95,6 +140,10 @@ pub struct Conn {
     out: Mutex<Outbox>,
     /// Tells the connection's reader task to stop.
     kill: Notify,
+    /// Wakes the flush task when the connection ends (it then works to a deadline).
+    flush_wake: Notify,
+    /// The peer never completed the close: abort the socket instead of a graceful shutdown.
+    abort: AtomicBool,
     /// Milliseconds (gateway clock) of the last frame received.
     last_seen_ms: AtomicU64,
     pub(crate) connected_ms: u64,
@@ -104,6 +153,10 @@ pub struct Conn {
     pub(crate) closing_since_ms: AtomicU64,
     /// The logged-in user.
     user: std::sync::OnceLock<crate::ids::UserId>,
+    /// A conformance (echo) connection: data frames are echoed, no login.
+    pub(crate) echo: bool,
+    /// Declared last: released after the socket closes.
+    _hold: SocketHold,
 }
 
 const WIRE_FIXED: u8 = 0x80;
@@ -124,6 +177,7 @@ impl Conn {
         peer: SocketAddr,
         wire: Wire,
         now_ms: u64,
+        hold: SocketHold,
     ) -> Self {
         // Protobuf is settled by the subprotocol; JSON follows the client's first data frame.
         let fixed = if wire == Wire::Proto { WIRE_FIXED } else { 0 };
@@ -140,14 +194,18 @@ impl Conn {
                 flushing: false,
                 state: OutState::Open,
                 behind_since: None,
-                shutdown_when_drained: false,
+                deadline: None,
             }),
             kill: Notify::new(),
+            flush_wake: Notify::new(),
+            abort: AtomicBool::new(false),
             last_seen_ms: AtomicU64::new(now_ms),
             connected_ms: now_ms,
             token_exp_s: AtomicU64::new(0),
             closing_since_ms: AtomicU64::new(0),
             user: std::sync::OnceLock::new(),
+            echo: false,
+            _hold: hold,
         }
     }
 
@@ -196,8 +254,11 @@ impl Conn {
         self.out.lock().state == OutState::Open
     }
 
-    /// Asks the reader task to stop (it then cleans up and closes the socket).
-    pub(crate) fn kill(&self) {
+    /// Asks the reader task to stop (it then cleans up and closes the socket) — for a peer that
+    /// did not complete the close in time: the socket is aborted rather than shut down
+    /// gracefully.
+    pub(crate) fn abort(&self) {
+        self.abort.store(true, Relaxed);
         self.kill.notify_one();
     }
 
@@ -288,6 +349,39 @@ impl Conn {
         verdict
     }
 
+    /// Answers a ping. At most one pong waits in the outbox: when one is still queued (the peer
+    /// is not reading), it is replaced by this one.
+    pub fn send_pong(
+        self: &Arc<Self>,
+        frame: Bytes,
+        limits: &SendLimits,
+        metrics: &Metrics,
+    ) -> Pong {
+        let mut out = self.out.lock();
+        if out.state != OutState::Open {
+            return Pong::Closed;
+        }
+        let skip = usize::from(out.head_partial);
+        if let Some(q) = out.queue.iter_mut().skip(skip).find(|q| q.pong) {
+            let (old, new) = (q.bytes.len(), frame.len());
+            q.bytes = frame;
+            out.bytes = out.bytes - old + new;
+            out.pinned_bytes = out.pinned_bytes - old + new;
+            return Pong::Replaced;
+        }
+        let before = out.queue.len();
+        self.send_locked(&mut out, &[(&frame, false)], limits, metrics);
+        // Mark it, if it had to wait (a partly written pong is finished, never replaced).
+        let partial = out.head_partial && out.queue.len() == 1;
+        if out.queue.len() > before
+            && !partial
+            && let Some(q) = out.queue.back_mut()
+        {
+            q.pong = true;
+        }
+        Pong::Sent
+    }
+
     /// Starts the closing handshake: queued droppable frames are discarded when
     /// `close.discard`, then an optional last frame (a `kicked` notice) and the close frame are
     /// sent. The reader task ends when the peer answers or the gateway's grace period runs out.
@@ -333,25 +427,34 @@ impl Conn {
     }
 
     /// Ends the connection for good: nothing more is accepted; what must still go out (a close
-    /// frame) is flushed briefly, then the socket is shut down.
-    pub(crate) fn finish(&self, metrics: &Metrics) {
+    /// frame) gets until `deadline` (`close_grace_ms` after the server decided to close), then
+    /// the socket is aborted, whatever the peer does.
+    pub(crate) fn finish(&self, metrics: &Metrics, deadline: Instant) {
         let mut out = self.out.lock();
         out.state = OutState::Closed;
         let dropped = discard_droppable(&mut out);
         metrics.count_drop(DropReason::Closed, dropped);
-        if out.queue.is_empty() || !out.flushing {
-            out.queue.clear();
-            out.bytes = 0;
-            out.pinned_bytes = 0;
+        if out.queue.is_empty() || !out.flushing || deadline <= Instant::now() {
+            let abort = !out.queue.is_empty() || self.abort.load(Relaxed);
+            clear(&mut out);
             drop(out);
-            self.shutdown();
+            self.end_socket(abort);
         } else {
-            out.shutdown_when_drained = true;
+            out.deadline = Some(deadline);
+            drop(out);
+            // The flush task may be parked on `writable()` for a peer that never reads.
+            self.flush_wake.notify_one();
         }
     }
 
-    fn shutdown(&self) {
-        let _ = socket2::SockRef::from(&self.stream).shutdown(std::net::Shutdown::Both);
+    /// Shuts the socket down; `abort`: with an RST (SO_LINGER 0), dropping whatever the kernel
+    /// still holds for a peer that does not read.
+    fn end_socket(&self, abort: bool) {
+        let sock = socket2::SockRef::from(&self.stream);
+        if abort {
+            let _ = sock.set_linger(Some(Duration::ZERO));
+        }
+        let _ = sock.shutdown(std::net::Shutdown::Both);
     }
 
     /// Whether the outbox has been behind for longer than the limit (checked by the sweeper,
@@ -369,7 +472,11 @@ fn enqueue(out: &mut Outbox, bytes: Bytes, droppable: bool) {
     if !droppable {
         out.pinned_bytes += bytes.len();
     }
-    out.queue.push_back(Queued { bytes, droppable });
+    out.queue.push_back(Queued {
+        bytes,
+        droppable,
+        pong: false,
+    });
     if out.behind_since.is_none() {
         out.behind_since = Some(Instant::now());
     }
@@ -425,64 +532,73 @@ fn discard_droppable(out: &mut Outbox) -> u64 {
     dropped
 }
 
-/// Writes the outbox out as the socket accepts it; ends when the outbox is empty.
+fn clear(out: &mut Outbox) {
+    out.queue.clear();
+    out.bytes = 0;
+    out.pinned_bytes = 0;
+    out.head_partial = false;
+}
+
+/// Writes the outbox out as the socket accepts it; ends when the outbox is empty, or — once the
+/// connection has ended — at its deadline, aborting the socket.
 async fn flush(conn: Arc<Conn>) {
     const MAX_SLICES: usize = 64;
     loop {
-        // Once the connection has ended, what is left gets a bounded time to go out.
-        let ended = conn.out.lock().shutdown_when_drained;
-        let ready = if ended {
-            tokio::time::timeout(Duration::from_secs(2), conn.stream.writable())
-                .await
-                .unwrap_or(Err(io::ErrorKind::TimedOut.into()))
-        } else {
-            conn.stream.writable().await
+        let deadline = conn.out.lock().deadline;
+        let ready = match deadline {
+            Some(deadline) => tokio::select! {
+                r = conn.stream.writable() => r,
+                _ = tokio::time::sleep_until(deadline) => Err(io::ErrorKind::TimedOut.into()),
+            },
+            None => tokio::select! {
+                r = conn.stream.writable() => r,
+                // Ended meanwhile: look at the deadline.
+                _ = conn.flush_wake.notified() => continue,
+            },
         };
-        let done = {
-            let mut out = conn.out.lock();
-            if ready.is_err() {
+        let mut out = conn.out.lock();
+        let mut abort = false;
+        let done = match ready {
+            Err(_) => {
                 out.state = OutState::Closed;
-                out.queue.clear();
-                out.bytes = 0;
-                out.pinned_bytes = 0;
+                abort = true;
+                clear(&mut out);
                 true
-            } else {
-                loop {
-                    if out.queue.is_empty() {
+            }
+            Ok(()) => loop {
+                if out.queue.is_empty() {
+                    break true;
+                }
+                let n = out.queue.len().min(MAX_SLICES);
+                let result = {
+                    let slices: Vec<IoSlice<'_>> = out
+                        .queue
+                        .iter()
+                        .take(n)
+                        .map(|q| IoSlice::new(&q.bytes))
+                        .collect();
+                    conn.stream.try_write_vectored(&slices)
+                };
+                match result {
+                    Ok(written) => consume(&mut out, written),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
+                    Err(_) => {
+                        out.state = OutState::Closed;
+                        clear(&mut out);
                         break true;
                     }
-                    let n = out.queue.len().min(MAX_SLICES);
-                    let result = {
-                        let slices: Vec<IoSlice<'_>> = out
-                            .queue
-                            .iter()
-                            .take(n)
-                            .map(|q| IoSlice::new(&q.bytes))
-                            .collect();
-                        conn.stream.try_write_vectored(&slices)
-                    };
-                    match result {
-                        Ok(written) => consume(&mut out, written),
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => break false,
-                        Err(_) => {
-                            out.state = OutState::Closed;
-                            out.queue.clear();
-                            out.bytes = 0;
-                            out.pinned_bytes = 0;
-                            break true;
-                        }
-                    }
                 }
-            }
+            },
         };
         if done {
-            let mut out = conn.out.lock();
+            // In the same critical section as the empty check: a sender that queues after this
+            // sees `flushing == false` and starts a new flush.
             out.flushing = false;
             out.behind_since = None;
-            let shut = out.shutdown_when_drained || out.state == OutState::Closed;
+            let shut = out.deadline.is_some() || out.state == OutState::Closed;
             drop(out);
             if shut {
-                conn.shutdown();
+                conn.end_socket(abort || conn.abort.load(Relaxed));
                 conn.kill.notify_one();
             }
             return;

@@ -13,6 +13,7 @@
 
 pub mod conn;
 mod critical;
+pub mod limits;
 pub mod outgoing;
 pub mod registry;
 pub mod session;
@@ -67,6 +68,22 @@ pub enum AcceptError {
     Full,
 }
 
+/// An upgraded WebSocket connection handed to [`Gateway::accept`].
+pub struct Upgraded {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    /// Bytes already read from the socket after the handshake.
+    pub read_ahead: Bytes,
+    pub wire: Wire,
+    /// Set when the upgrade URL carried a valid token.
+    pub identity: Option<Identity>,
+    /// Released when the socket closes (the HTTP layer's per-address count).
+    pub hold: Option<Box<dyn Send + Sync>>,
+    /// The conformance endpoint (`/dev/echo`): the same connection code, data frames echoed,
+    /// no login.
+    pub echo: bool,
+}
+
 pub struct Gateway {
     cfg: GatewayConfig,
     deps: GatewayDeps,
@@ -86,6 +103,8 @@ pub struct Gateway {
     critical_schedule: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(u64, UserId, u64)>>>,
     /// A retry pass is running (passes run in their own task, never two at once).
     retrying: AtomicBool,
+    /// Rooms created on this node (`gateway.new_room_limit`).
+    new_rooms: Mutex<limits::Bucket>,
 }
 
 impl Gateway {
@@ -95,7 +114,6 @@ impl Gateway {
             slow_timeout: Duration::from_secs(cfg.slow_reader_timeout_s as u64),
         };
         Arc::new(Gateway {
-            cfg,
             deps,
             handlers,
             registry: Registry::default(),
@@ -110,6 +128,8 @@ impl Gateway {
             limits,
             critical_schedule: Mutex::new(std::collections::BinaryHeap::new()),
             retrying: AtomicBool::new(false),
+            new_rooms: Mutex::new(limits::Bucket::new(&cfg.new_room_limit, 0)),
+            cfg,
         })
     }
 
@@ -142,11 +162,17 @@ impl Gateway {
         self.conn_count.load(Relaxed)
     }
 
+    /// WebSocket sockets still open: the connections, plus those that ended and whose socket
+    /// has not closed yet (at most `close_grace_ms` later). The connection limit counts these.
+    pub fn socket_count(&self) -> usize {
+        self.deps.metrics.sockets_open.get().max(0) as usize
+    }
+
     /// Whether a new connection would be accepted now.
     pub fn can_accept(&self) -> Result<(), AcceptError> {
         if self.shutting_down.load(Relaxed) {
             Err(AcceptError::ShuttingDown)
-        } else if self.connection_count() >= self.cfg.max_connections {
+        } else if self.socket_count() >= self.cfg.max_connections {
             Err(AcceptError::Full)
         } else {
             Ok(())
@@ -157,17 +183,18 @@ impl Gateway {
         self.deps.auth.verify(token, now_s())
     }
 
-    /// Takes over an upgraded WebSocket connection. `read_ahead`: bytes already read from the
-    /// socket after the handshake; `identity`: set when the upgrade URL carried a valid token.
-    pub fn accept(
-        self: &Arc<Self>,
-        stream: TcpStream,
-        peer: SocketAddr,
-        read_ahead: Bytes,
-        wire: Wire,
-        identity: Option<Identity>,
-    ) -> Result<ConnId, AcceptError> {
+    /// Takes over an upgraded WebSocket connection.
+    pub fn accept(self: &Arc<Self>, up: Upgraded) -> Result<ConnId, AcceptError> {
         self.can_accept()?;
+        let Upgraded {
+            stream,
+            peer,
+            read_ahead,
+            wire,
+            identity,
+            hold,
+            echo,
+        } = up;
         if self.cfg.socket_send_buffer > 0
             && let Err(e) =
                 socket2::SockRef::from(&stream).set_send_buffer_size(self.cfg.socket_send_buffer)
@@ -175,13 +202,26 @@ impl Gateway {
             tracing::debug!(error = %e, "cannot set the socket send buffer");
         }
         let id = ConnId(self.next_conn.fetch_add(1, Relaxed));
-        let conn = Arc::new(Conn::new(id, stream, peer, wire, self.clock_ms()));
+        let hold = conn::SocketHold::new(self.deps.metrics.clone(), hold);
+        let mut conn = Conn::new(id, stream, peer, wire, self.clock_ms(), hold);
+        conn.echo = echo;
+        let conn = Arc::new(conn);
         self.conns.for_index(id.0).lock().insert(id, conn.clone());
         self.conn_count.fetch_add(1, Relaxed);
         self.deps.metrics.connections.inc();
         self.deps.metrics.connections_opened.inc();
         tokio::spawn(session::run(self.clone(), conn, read_ahead, identity));
         Ok(id)
+    }
+
+    /// Whether a join that would give `room` its first member on this node may create it now
+    /// (`gateway.new_room_limit`); `Err(retry_after)` otherwise.
+    pub(crate) fn admit_new_room(&self, room: &RoomId) -> Result<(), Duration> {
+        if self.registry.members(room) > 0 {
+            return Ok(());
+        }
+        let now = self.clock_ms();
+        self.new_rooms.lock().take(&self.cfg.new_room_limit, now)
     }
 
     // ---- membership (used by the session handlers) ------------------------------------------
@@ -267,8 +307,9 @@ impl Gateway {
         self.registry.room_count()
     }
 
-    /// Called by the session when a connection ends.
-    pub(crate) async fn cleanup(&self, conn: &Arc<Conn>, user: Option<&UserId>, rooms: &[RoomId]) {
+    /// `logout`: leaves the rooms and forgets the user on this connection (presence too when it
+    /// was the user's last connection here); the connection itself stays until it closes.
+    pub(crate) async fn logout(&self, conn: &Arc<Conn>, user: Option<&UserId>, rooms: &[RoomId]) {
         for room in rooms {
             self.leave_room(room, conn).await;
         }
@@ -278,6 +319,11 @@ impl Gateway {
         {
             tracing::warn!(user = %user, error = %e, "cannot clear presence");
         }
+    }
+
+    /// Called by the session when a connection ends.
+    pub(crate) async fn cleanup(&self, conn: &Arc<Conn>, user: Option<&UserId>, rooms: &[RoomId]) {
+        self.logout(conn, user, rooms).await;
         if self
             .conns
             .for_index(conn.id.0)
@@ -290,7 +336,16 @@ impl Gateway {
             }
             self.deps.metrics.connections.dec();
         }
-        conn.finish(&self.deps.metrics);
+        // What is still queued gets until `close_grace_ms` after the server decided to close
+        // (now, if the end came from the peer), never longer.
+        let now = self.clock_ms();
+        let closing_since = conn.closing_since_ms.load(Relaxed);
+        let since = if closing_since == 0 { now } else { closing_since };
+        let left = (since + self.cfg.close_grace_ms).saturating_sub(now);
+        conn.finish(
+            &self.deps.metrics,
+            tokio::time::Instant::now() + Duration::from_millis(left),
+        );
     }
 
     // ---- fan-out -----------------------------------------------------------------------------
@@ -530,7 +585,8 @@ impl Gateway {
             let closing_since = conn.closing_since_ms.load(Relaxed);
             if closing_since != 0 {
                 if now.saturating_sub(closing_since) > grace {
-                    conn.kill();
+                    // The peer did not answer our close in time.
+                    conn.abort();
                 }
                 continue;
             }
@@ -543,7 +599,7 @@ impl Gateway {
                     "no heartbeat",
                     true,
                 );
-            } else if exp == 0 && now.saturating_sub(conn.connected_ms) > login {
+            } else if exp == 0 && !conn.echo && now.saturating_sub(conn.connected_ms) > login {
                 self.close_conn(
                     &conn,
                     close::LOGIN_TIMEOUT,
@@ -605,7 +661,7 @@ impl Gateway {
         })
         .await;
         for c in self.all_connections() {
-            c.kill();
+            c.abort();
         }
     }
 }

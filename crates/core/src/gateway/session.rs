@@ -8,7 +8,13 @@
 //!
 //! Violations of the WebSocket protocol close the connection with the RFC's close code;
 //! malformed roomcast requests get an `error` reply and count against a budget
-//! (`max_errors_per_10s`), past which the connection is closed with 4005.
+//! (`max_errors_per_10s`), past which the connection is closed with 4005. So do requests over
+//! the per-connection limits (`join_limit`, `request_limit` for `ack`, `login` and pings) and
+//! pings sent while the previous pong still waits for the peer to read.
+//!
+//! Clean-up (leaving rooms, presence, the connection table) runs when the task ends — also when
+//! it ends by a panic in a handler, from a drop guard — so a session can never leak its
+//! connection.
 
 use std::sync::Arc;
 
@@ -20,7 +26,8 @@ use roomcast_proto::ws::{self, Decoder, Message, Opcode, close};
 use roomcast_proto::{Op, text};
 
 use super::Gateway;
-use super::conn::{Closing, Conn, Sent};
+use super::conn::{Closing, Conn, Pong, Sent};
+use super::limits::Bucket;
 use crate::BoxFut;
 use crate::auth::Identity;
 use crate::history::HistoryQuery;
@@ -96,6 +103,9 @@ pub struct ReplyError {
     pub room_id: Option<String>,
     /// Close with this code after replying.
     pub close: Option<u16>,
+    /// Counts against the connection's error budget even though the request was well-formed
+    /// (a flood over a per-connection limit).
+    pub counts_as_error: bool,
 }
 
 impl ReplyError {
@@ -106,6 +116,7 @@ impl ReplyError {
             retry_after_ms: None,
             room_id: None,
             close: None,
+            counts_as_error: false,
         }
     }
 
@@ -139,6 +150,30 @@ pub struct Session {
     errors: u32,
     /// Input after a protocol violation is ignored until the peer closes.
     draining: bool,
+    /// `gateway.join_limit` (created on first use).
+    joins: Option<Bucket>,
+    /// `gateway.request_limit`: acks, logins, pings (created on first use).
+    requests: Option<Bucket>,
+}
+
+impl Session {
+    /// Takes a token from `gateway.request_limit`; a request over it is refused and counts
+    /// against the error budget.
+    fn take_request(&mut self, gw: &Gateway) -> Result<(), ReplyError> {
+        let (limit, now) = (&gw.config().request_limit, gw.clock_ms());
+        let bucket = self.requests.get_or_insert_with(|| Bucket::new(limit, now));
+        bucket.take(limit, now).map_err(|wait| {
+            gw.metrics().limited_requests.inc();
+            ReplyError {
+                retry_after_ms: Some(wait.as_millis().min(u64::MAX as u128) as u64),
+                counts_as_error: true,
+                ..ReplyError::new(
+                    ErrorCode::RateLimited,
+                    "too many requests on this connection",
+                )
+            }
+        })
+    }
 }
 
 impl Session {
@@ -186,10 +221,11 @@ impl HandlerTable {
         }
     }
 
-    /// The handlers of the protocol: login, heartbeat, join, leave, chat, ack.
+    /// The handlers of the protocol: login, logout, heartbeat, join, leave, chat, ack.
     pub fn standard() -> Self {
         let mut t = Self::empty();
         t.register(Op::Login, Box::new(LoginHandler));
+        t.register(Op::Logout, Box::new(LogoutHandler));
         t.register(Op::Heartbeat, Box::new(HeartbeatHandler));
         t.register(Op::Join, Box::new(JoinHandler));
         t.register(Op::Leave, Box::new(LeaveHandler));
@@ -213,18 +249,50 @@ impl HandlerTable {
 /// Read at most this much before parsing, so that one busy connection cannot hog a thread.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Runs the connection's clean-up if the session task ends without doing it (a panic in a
+/// handler unwinds through here).
+struct CleanupGuard {
+    gw: Arc<Gateway>,
+    conn: Arc<Conn>,
+    session: Session,
+    done: bool,
+}
+
+impl Drop for CleanupGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        tracing::error!(conn = %self.conn.id, "session ended abnormally; cleaning up");
+        let (gw, conn) = (self.gw.clone(), self.conn.clone());
+        let user = self.session.user().cloned();
+        let rooms = std::mem::take(&mut self.session.rooms);
+        // Abort: the peer gets no close handshake from a session that failed.
+        conn.abort();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { gw.cleanup(&conn, user.as_ref(), &rooms).await });
+        }
+    }
+}
+
 pub(crate) async fn run(
     gw: Arc<Gateway>,
     conn: Arc<Conn>,
     read_ahead: Bytes,
     identity: Option<Identity>,
 ) {
-    let mut session = Session::default();
+    let mut guard = CleanupGuard {
+        gw: gw.clone(),
+        conn: conn.clone(),
+        session: Session::default(),
+        done: false,
+    };
+    let session = &mut guard.session;
     if let Some(identity) = identity {
         // A token on the upgrade URL gets the same checks as the `login` op.
         match Box::pin(check_ban(&gw, &identity)).await {
-            Ok(()) => Box::pin(complete_login(&gw, &conn, &mut session, identity, 0)).await,
-            Err(e) => send_error(&gw, &conn, &mut session, 0, Some(Op::Login), e),
+            Ok(()) => Box::pin(complete_login(&gw, &conn, session, identity, 0)).await,
+            Err(e) => send_error(&gw, &conn, session, 0, Some(Op::Login), e),
         }
     }
     let mut decoder = Decoder::server(gw.config().max_frame_bytes);
@@ -238,7 +306,7 @@ pub(crate) async fn run(
             // Boxed: an idle connection's task then holds a pointer-sized slot, not the
             // largest handler's state (idle memory per connection is a target).
             let (used, stop) =
-                Box::pin(process(&gw, &conn, &mut session, &mut decoder, &mut buf)).await;
+                Box::pin(process(&gw, &conn, session, &mut decoder, &mut buf)).await;
             buf.drain(..used);
             if stop {
                 break;
@@ -257,8 +325,10 @@ pub(crate) async fn run(
         eof = read_available(&conn, &mut buf);
         conn.touch(gw.clock_ms());
     }
-    let user = session.user().cloned();
-    Box::pin(gw.cleanup(&conn, user.as_ref(), &session.rooms)).await;
+    guard.done = true;
+    let user = guard.session.user().cloned();
+    let rooms = std::mem::take(&mut guard.session.rooms);
+    Box::pin(gw.cleanup(&conn, user.as_ref(), &rooms)).await;
 }
 
 /// Reads what the socket has (up to `READ_CHUNK`) into `buf`; returns whether the peer is gone.
@@ -321,6 +391,8 @@ async fn process(
             return (pos, false);
         };
         match message {
+            Message::Text(t) if conn.echo => echo(gw, conn, Opcode::Text, t.as_bytes()),
+            Message::Binary(b) if conn.echo => echo(gw, conn, Opcode::Binary, b),
             Message::Text(t) => {
                 if conn.is_closing() {
                     continue;
@@ -337,7 +409,14 @@ async fn process(
             }
             Message::Ping(p) => {
                 let pong = Bytes::from(ws::server_frame(Opcode::Pong, p));
-                conn.send(&pong, false, gw.limits(), gw.metrics());
+                // At most one pong waits; a ping while one still waits (the peer is not
+                // reading) or over the request limit counts against the error budget.
+                let replaced =
+                    conn.send_pong(pong, gw.limits(), gw.metrics()) == Pong::Replaced;
+                let over = s.take_request(gw).is_err();
+                if replaced || over {
+                    count_error(gw, conn, s);
+                }
             }
             Message::Pong(_) => {}
             Message::Close(c) => {
@@ -363,6 +442,15 @@ async fn process(
             return (buf.len(), false);
         }
     }
+}
+
+/// The conformance endpoint: a data message goes back as it came.
+fn echo(gw: &Arc<Gateway>, conn: &Arc<Conn>, opcode: Opcode, payload: &[u8]) {
+    if conn.is_closing() {
+        return;
+    }
+    let frame = Bytes::from(ws::server_frame(opcode, payload));
+    send_reply(gw, conn, &frame);
 }
 
 async fn handle_binary(gw: &Arc<Gateway>, conn: &Arc<Conn>, s: &mut Session, frame: &[u8]) {
@@ -539,24 +627,33 @@ fn send_error(
         s.draining = true;
         return;
     }
-    if e.code.is_malformed() {
-        gw.metrics().protocol_errors.inc();
-        let now = gw.clock_ms();
-        if now.saturating_sub(s.errors_window_ms) > 10_000 {
-            s.errors_window_ms = now;
-            s.errors = 0;
-        }
-        s.errors += 1;
-        if s.errors > gw.config().max_errors_per_10s {
-            gw.close_conn(
-                conn,
-                close::TOO_MANY_ERRORS,
-                "too_many_errors",
-                "too many malformed requests",
-                true,
-            );
-            s.draining = true;
-        }
+    if e.code.is_malformed() || e.counts_as_error {
+        count_error(gw, conn, s);
+    }
+}
+
+/// Counts one malformed (or abusive) request; past `max_errors_per_10s` the connection is
+/// closed with 4005.
+fn count_error(gw: &Arc<Gateway>, conn: &Arc<Conn>, s: &mut Session) {
+    if s.draining {
+        return;
+    }
+    gw.metrics().protocol_errors.inc();
+    let now = gw.clock_ms();
+    if now.saturating_sub(s.errors_window_ms) > 10_000 {
+        s.errors_window_ms = now;
+        s.errors = 0;
+    }
+    s.errors += 1;
+    if s.errors > gw.config().max_errors_per_10s {
+        gw.close_conn(
+            conn,
+            close::TOO_MANY_ERRORS,
+            "too_many_errors",
+            "too many malformed requests",
+            true,
+        );
+        s.draining = true;
     }
 }
 
@@ -626,6 +723,7 @@ impl Handler for AckHandler {
     fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
         Box::pin(async move {
             let ack: body::Ack = req.decode()?;
+            cx.session.take_request(cx.gw)?;
             let Some(user) = cx.session.user() else {
                 return Err(ReplyError::new(ErrorCode::Unauthenticated, "log in first"));
             };
@@ -644,6 +742,7 @@ impl Handler for LoginHandler {
     fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
         Box::pin(async move {
             let login: body::Login = req.decode()?;
+            cx.session.take_request(cx.gw)?;
             let identity = cx
                 .gw
                 .authenticate(&login.token)
@@ -658,6 +757,36 @@ impl Handler for LoginHandler {
             }
             check_ban(cx.gw, &identity).await?;
             complete_login(cx.gw, cx.conn, cx.session, identity, req.seq).await;
+            Ok(())
+        })
+    }
+}
+
+/// `logout`: ends the session cleanly — leaves every room at once (routes and online counts
+/// follow), drops presence, answers `logout_ok` and closes with 1000. Requests after it are
+/// ignored.
+struct LogoutHandler;
+
+impl Handler for LogoutHandler {
+    fn handle<'a>(&'a self, cx: Ctx<'a>, req: Request<'a>) -> BoxFut<'a, Result<(), ReplyError>> {
+        Box::pin(async move {
+            let _: body::Logout = req.decode()?;
+            let rooms = std::mem::take(&mut cx.session.rooms);
+            let user = cx.session.identity.take().map(|i| i.user);
+            cx.gw.logout(cx.conn, user.as_ref(), &rooms).await;
+            cx.reply(Op::LogoutOk, req.seq, &body::LogoutOk {});
+            cx.conn.close(
+                Closing {
+                    code: close::NORMAL,
+                    reason: "logged out",
+                    notice: None,
+                    discard: false,
+                },
+                cx.gw.limits(),
+                cx.gw.metrics(),
+                cx.gw.clock_ms(),
+            );
+            cx.session.draining = true;
             Ok(())
         })
     }
@@ -696,6 +825,20 @@ impl Handler for JoinHandler {
         Box::pin(async move {
             let join: body::Join = req.decode()?;
             let room = parse_room(&join.room_id)?;
+            let (limit, now) = (&cx.gw.config().join_limit, cx.gw.clock_ms());
+            let joins = cx
+                .session
+                .joins
+                .get_or_insert_with(|| Bucket::new(limit, now));
+            if let Err(wait) = joins.take(limit, now) {
+                cx.gw.metrics().limited_requests.inc();
+                return Err(ReplyError {
+                    retry_after_ms: Some(wait.as_millis().min(u64::MAX as u128) as u64),
+                    counts_as_error: true,
+                    ..ReplyError::new(ErrorCode::RateLimited, "too many joins on this connection")
+                }
+                .in_room(room.as_str()));
+            }
             let already = cx.session.rooms.contains(&room);
             if !already && cx.session.rooms.len() >= cx.gw.config().max_rooms_per_conn {
                 return Err(ReplyError::new(
@@ -705,6 +848,17 @@ impl Handler for JoinHandler {
                         cx.gw.config().max_rooms_per_conn
                     ),
                 )
+                .in_room(room.as_str()));
+            }
+            if !already && let Err(wait) = cx.gw.admit_new_room(&room) {
+                cx.gw.metrics().limited_requests.inc();
+                return Err(ReplyError {
+                    retry_after_ms: Some(wait.as_millis().min(u64::MAX as u128) as u64),
+                    ..ReplyError::new(
+                        ErrorCode::RateLimited,
+                        "too many new rooms on this server right now",
+                    )
+                }
                 .in_room(room.as_str()));
             }
             // Member first, history second: a message flushed in between shows up in both

@@ -368,6 +368,7 @@ pub fn encode(wire: Wire, op: Op, seq: u32, body: Value) -> Message {
                 Op::Leave => pb::<body::Leave>(body),
                 Op::Chat => pb::<body::Chat>(body),
                 Op::Ack => pb::<body::Ack>(body),
+                Op::Logout => pb::<body::Logout>(body),
                 other => panic!("not a request: {other:?}"),
             };
             let mut out = Vec::new();
@@ -433,6 +434,7 @@ fn proto_to_json(op: Op, bytes: &[u8]) -> Value {
         Op::JoinOk => j::<body::JoinOk>(bytes),
         Op::LeaveOk => j::<body::LeaveOk>(bytes),
         Op::ChatOk => j::<body::ChatOk>(bytes),
+        Op::LogoutOk => j::<body::LogoutOk>(bytes),
         Op::Error => j::<body::Error>(bytes),
         Op::RoomMsg => j::<body::RoomMsg>(bytes),
         Op::Online => j::<body::Online>(bytes),
