@@ -91,6 +91,8 @@ export class RoomcastClient extends EventTarget {
   readonly connected: boolean;
   connect(): Promise<LoginOk>;
   close(): void;
+  /** Leaves every room, ends the session on the server (logout_ok, close 1000); no reconnect. */
+  logout(): Promise<void>;
   join(roomId: string, opts?: { history?: number }): Promise<JoinOk>;
   leave(roomId: string): Promise<{ room_id: string }>;
   chat(roomId: string, text: string): Promise<{ msg_id: string }>;

@@ -92,6 +92,28 @@ export class RoomcastClient extends EventTarget {
     return this.connecting;
   }
 
+  /**
+   * Logs out: the server leaves every room at once (online counts drop now, not at the
+   * heartbeat timeout), forgets this connection's presence, answers and closes with 1000.
+   * No reconnect follows. Resolves when the server has answered (or the connection was gone).
+   */
+  async logout() {
+    this.closedByUser = true;
+    clearTimeout(this.reconnectTimer);
+    this.rooms.clear();
+    if (!this.session) {
+      if (this.ws) this.ws.close(1000, "bye");
+      return;
+    }
+    try {
+      await this._request("logout", {});
+    } catch (e) {
+      if (e.code !== "disconnected") throw e;
+    } finally {
+      this._stopHeartbeat();
+    }
+  }
+
   /** Closes for good (no reconnect). */
   close() {
     this.closedByUser = true;

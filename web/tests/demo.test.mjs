@@ -262,3 +262,45 @@ test("the client library reconnects and fills the gap from history", async () =>
   await ctx.close();
   await stopServer(own);
 });
+
+test("logout leaves the room at once and does not reconnect", async () => {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(base + "/");
+  await page.evaluate(async () => {
+    const { RoomcastClient } = await import("/roomcast.js");
+    const token = async (name) => {
+      const r = await fetch("/dev/token", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name }) });
+      return (await r.json()).token;
+    };
+    // A quick backoff: a reconnect, if one were scheduled, would come within ~100 ms.
+    const a = new RoomcastClient(`ws://${location.host}/ws`, { token: await token("Lou"), minBackoffMs: 50, maxBackoffMs: 100 });
+    const b = new RoomcastClient(`ws://${location.host}/ws`, { token: await token("Max") });
+    window.counts = [];
+    window.closes = [];
+    window.opens = 0;
+    b.addEventListener("online", (e) => e.detail.room_id === "bye" && window.counts.push(e.detail.count));
+    a.addEventListener("close", (e) => window.closes.push(e.detail));
+    a.addEventListener("open", () => window.opens++);
+    await a.connect();
+    await b.connect();
+    await a.join("bye");
+    await b.join("bye");
+    window.a = a;
+    window.b = b;
+  });
+  await page.waitForFunction(() => window.counts.includes(2));
+  await page.evaluate(() => window.a.logout());
+  // The other viewer sees the count drop right away (not after a heartbeat timeout).
+  await page.waitForFunction(() => window.counts.at(-1) === 1);
+  await page.waitForFunction(() => window.closes.length === 1);
+  const [close] = await page.evaluate(() => window.closes);
+  assert.equal(close.code, 1000);
+  assert.equal(close.willReconnect, false);
+  assert.equal(await page.evaluate(() => window.a.connected), false);
+  const opensBefore = await page.evaluate(() => window.opens);
+  // An absence can only be shown by waiting: five times the longest backoff.
+  await page.evaluate(() => new Promise((r) => setTimeout(r, 500)));
+  assert.equal(await page.evaluate(() => window.opens), opensBefore, "no reconnect after logout");
+  await ctx.close();
+});

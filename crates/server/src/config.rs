@@ -471,4 +471,43 @@ mod tests {
             Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__FANOUT_SPACING", "2")])).unwrap();
         assert_eq!(c.gateway.fanout_spacing, 2.0, "an integer is accepted");
     }
+
+    #[test]
+    fn dev_endpoints_default_to_loopback_listeners_only() {
+        let dev = DevConfig::default();
+        assert!(dev.endpoints_on("127.0.0.1:8080".parse().unwrap()));
+        assert!(dev.endpoints_on("[::1]:8080".parse().unwrap()));
+        assert!(!dev.endpoints_on("0.0.0.0:8080".parse().unwrap()));
+        assert!(!dev.endpoints_on("192.0.2.7:8080".parse().unwrap()));
+        let on = DevConfig {
+            endpoints: Some(true),
+            ..DevConfig::default()
+        };
+        assert!(on.endpoints_on("0.0.0.0:8080".parse().unwrap()));
+    }
+
+    #[test]
+    fn limits_and_http_settings_are_checked() {
+        let bad = |k: &str, v: &str| {
+            Config::load_with_env(None, env(&[(k, v)]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(bad("ROOMCAST_GATEWAY__JOIN_LIMIT", "{ rate = 1e-9, burst = 1 }")
+            .contains("gateway.join_limit"));
+        assert!(bad("ROOMCAST_DEV__RATE_LIMIT", "{ rate = -1, burst = 1 }")
+            .contains("dev.rate_limit"));
+        assert!(bad("ROOMCAST_HTTP__REQUEST_TIMEOUT_MS", "0").contains("http.request_timeout_ms"));
+        assert!(
+            bad("ROOMCAST_HTTP__ALLOWED_ORIGINS", "[\"example.com\"]")
+                .contains("http.allowed_origins")
+        );
+        let ok = Config::load_with_env(
+            None,
+            env(&[("ROOMCAST_HTTP__ALLOWED_ORIGINS", "[\"https://a.example\"]")]),
+        )
+        .unwrap();
+        assert_eq!(ok.http.allowed_origins, vec!["https://a.example".to_owned()]);
+        assert!(HttpConfig::default().connection_cap() >= 64);
+    }
 }

@@ -534,6 +534,15 @@ impl Gateway {
         conns.len()
     }
 
+    /// Bytes waiting in every connection's outbox (walks all connections: for tests and
+    /// diagnostics, not for hot paths).
+    pub fn queued_bytes(&self) -> usize {
+        self.all_connections()
+            .iter()
+            .map(|c| c.queued_bytes())
+            .sum()
+    }
+
     fn all_connections(&self) -> Vec<Arc<Conn>> {
         self.conns
             .iter()
