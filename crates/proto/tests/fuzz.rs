@@ -44,7 +44,10 @@ fn note_message(h: &mut DefaultHasher, m: &Message<'_>) {
         Message::Pong(p) => (4u8, p).hash(h),
         Message::Close(c) => {
             if let Some((code, _)) = c {
-                assert!(ws::is_valid_close_code(*code), "close code {code} let through");
+                assert!(
+                    ws::is_valid_close_code(*code),
+                    "close code {code} let through"
+                );
             }
             (5u8, c).hash(h)
         }
@@ -170,7 +173,11 @@ fn ws_seeds(frame: fn(bool, Opcode, &[u8]) -> Vec<u8>, masked: bool) -> Vec<Vec<
         fragmented,
         many,
         frame(true, Opcode::Ping, b"are you there"),
-        frame(true, Opcode::Close, &ws::close_payload(4002, "kicked: spam ✂")),
+        frame(
+            true,
+            Opcode::Close,
+            &ws::close_payload(4002, "kicked: spam ✂"),
+        ),
         frame(true, Opcode::Close, b""),
         long_len,
     ]

@@ -258,7 +258,11 @@ fn name_hash(name: &str) -> u64 {
 
 /// The input as hex; a long one is cut after 1 KiB and written whole to a file.
 pub fn hex(bytes: &[u8]) -> String {
-    let text: String = bytes.iter().take(1024).map(|b| format!("{b:02x}")).collect();
+    let text: String = bytes
+        .iter()
+        .take(1024)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if bytes.len() <= 1024 {
         return text;
     }
