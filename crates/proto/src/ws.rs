@@ -380,7 +380,7 @@ impl Decoder {
                         });
                     }
                     self.frag_opcode = Some(head.opcode);
-                    self.frag.extend_from_slice(&buf[start..end]);
+                    self.push_fragment(&buf[start..end]);
                 }
                 Opcode::Continuation => {
                     let Some(opcode) = self.frag_opcode else {
@@ -388,7 +388,7 @@ impl Decoder {
                             "continuation frame without a message to continue",
                         ));
                     };
-                    self.frag.extend_from_slice(&buf[start..end]);
+                    self.push_fragment(&buf[start..end]);
                     if head.fin {
                         self.frag_opcode = None;
                         self.frag_done = true;
@@ -401,6 +401,18 @@ impl Decoder {
                 }
             }
         }
+    }
+
+    /// Appends a fragment's payload. The buffer grows by doubling like a `Vec`, but never past
+    /// the message limit (plain doubling could reserve almost twice the limit); the caller has
+    /// checked that the message fits.
+    fn push_fragment(&mut self, bytes: &[u8]) {
+        let need = self.frag.len() + bytes.len();
+        if need > self.frag.capacity() {
+            let target = (self.frag.capacity() * 2).min(self.max_message).max(need);
+            self.frag.reserve_exact(target - self.frag.len());
+        }
+        self.frag.extend_from_slice(bytes);
     }
 }
 
@@ -550,6 +562,22 @@ mod tests {
             decode_all(&mut dec, &mut buf).unwrap_err().close_code(),
             close::MESSAGE_TOO_BIG
         );
+    }
+
+    /// Found by fuzzing: fragments of 400, 400 and 200 bytes under a 1,000-byte limit grew the
+    /// buffer to 1,600 bytes (doubling); it stays within the limit.
+    #[test]
+    fn fragment_buffer_never_grows_past_the_limit() {
+        let mut buf = frame(false, Opcode::Binary, &[1; 400]);
+        buf.extend(frame(false, Opcode::Continuation, &[2; 400]));
+        buf.extend(frame(true, Opcode::Continuation, &[3; 200]));
+        let mut dec = Decoder::server(1000);
+        let d = dec.decode(&mut buf).unwrap();
+        let Some(Message::Binary(m)) = d.message else {
+            panic!("{:?}", d.message)
+        };
+        assert_eq!(m.len(), 1000);
+        assert!(dec.frag.capacity() <= 1000, "{}", dec.frag.capacity());
     }
 
     #[test]

@@ -50,6 +50,13 @@ type St = State<Arc<ApiState>>;
 /// A refusal, boxed so that `Result<_, ApiError>` stays small.
 pub struct ApiError(Box<Response>);
 
+impl ApiError {
+    /// The response's status (400 for every bad request body).
+    pub fn status(&self) -> StatusCode {
+        self.0.status()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         *self.0
@@ -350,6 +357,22 @@ struct PublishReq {
     critical: bool,
 }
 
+/// A publish body, checked: its fields and whether it is critical (then it has text or payload).
+fn publish_fields(req: PublishReq, max_chars: usize) -> Result<(MessageFields, bool), ApiError> {
+    let fields = MessageFields::parse(
+        req.kind.as_deref(),
+        req.text,
+        req.payload,
+        req.user_id.as_deref(),
+        req.name.as_deref(),
+        max_chars,
+    )?;
+    if req.critical && fields.text.is_none() && fields.payload.is_none() {
+        return Err(bad("text or payload: a critical message needs one of them"));
+    }
+    Ok((fields, req.critical))
+}
+
 async fn publish(
     State(s): St,
     Path(room): Path<String>,
@@ -359,28 +382,18 @@ async fn publish(
         (Ok(r), Ok(b)) => (r, b),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let fields = MessageFields::parse(
-        req.kind.as_deref(),
-        req.text,
-        req.payload,
-        req.user_id.as_deref(),
-        req.name.as_deref(),
-        s.ingest.config().max_text_chars,
-    );
+    let (fields, critical) = match publish_fields(req, s.ingest.config().max_text_chars) {
+        Ok(f) => f,
+        Err(e) => return e.into_response(),
+    };
     let MessageFields {
         kind,
         text,
         payload,
         user,
         name,
-    } = match fields {
-        Ok(f) => f,
-        Err(e) => return e.into_response(),
-    };
-    if req.critical {
-        if text.is_none() && payload.is_none() {
-            return bad("text or payload: a critical message needs one of them").into_response();
-        }
+    } = fields;
+    if critical {
         let msg_id = s.ingest.next_id().0;
         let users = s.gateway.room_users(&room);
         let n = users.len();
@@ -431,6 +444,27 @@ struct OutboxReq {
     name: Option<String>,
 }
 
+/// An outbox body, checked.
+fn outbox_row(req: OutboxReq, max_chars: usize) -> Result<NewOutboxRow, ApiError> {
+    let room = RoomId::parse(&req.room_id).map_err(|e| bad(format!("room_id: {e}")))?;
+    let f = MessageFields::parse(
+        req.kind.as_deref(),
+        Some(req.text),
+        req.payload,
+        req.user_id.as_deref(),
+        req.name.as_deref(),
+        max_chars,
+    )?;
+    Ok(NewOutboxRow {
+        room,
+        kind: f.kind,
+        user: f.user,
+        name: f.name,
+        text: f.text.unwrap_or_default(),
+        payload: f.payload,
+    })
+}
+
 /// Writes an outbox row (durable when this returns); the relay publishes it.
 async fn outbox_insert(State(s): St, b: Result<Json<OutboxReq>, JsonRejection>) -> Response {
     let req = match body(b) {
@@ -441,27 +475,8 @@ async fn outbox_insert(State(s): St, b: Result<Json<OutboxReq>, JsonRejection>) 
         return unavailable("the outbox needs the SQLite store (store.url = sqlite://…)")
             .into_response();
     };
-    let room = match RoomId::parse(&req.room_id) {
-        Ok(r) => r,
-        Err(e) => return bad(format!("room_id: {e}")).into_response(),
-    };
-    let fields = MessageFields::parse(
-        req.kind.as_deref(),
-        Some(req.text),
-        req.payload,
-        req.user_id.as_deref(),
-        req.name.as_deref(),
-        s.ingest.config().max_text_chars,
-    );
-    let row = match fields {
-        Ok(f) => NewOutboxRow {
-            room,
-            kind: f.kind,
-            user: f.user,
-            name: f.name,
-            text: f.text.unwrap_or_default(),
-            payload: f.payload,
-        },
+    let row = match outbox_row(req, s.ingest.config().max_text_chars) {
+        Ok(row) => row,
         Err(e) => return e.into_response(),
     };
     match relay.store().insert(row).await {
@@ -516,39 +531,49 @@ struct CriticalReq {
     room_id: Option<String>,
 }
 
+/// A critical body, checked: users (sorted, without repeats), kind, text, payload, room.
+type CriticalParts = (
+    Vec<UserId>,
+    MsgKind,
+    Option<String>,
+    Option<String>,
+    Option<RoomId>,
+);
+
+fn critical_parts(req: CriticalReq, max_chars: usize) -> Result<CriticalParts, ApiError> {
+    if req.user_ids.is_empty() || req.user_ids.len() > MAX_CRITICAL_USERS {
+        return Err(bad(format!("user_ids: 1 to {MAX_CRITICAL_USERS} user ids")));
+    }
+    let mut users = req
+        .user_ids
+        .iter()
+        .map(|u| user_param("user_ids", u))
+        .collect::<Result<Vec<_>, _>>()?;
+    users.sort();
+    users.dedup();
+    let kind = kind_field(req.kind.as_deref(), MsgKind::System)?;
+    let text = text_field(req.text, max_chars)?;
+    let payload = payload_field(req.payload)?;
+    if text.is_none() && payload.is_none() {
+        return Err(bad("text or payload: a critical message needs one of them"));
+    }
+    let room = match req.room_id.as_deref() {
+        Some(r) => Some(RoomId::parse(r).map_err(|e| bad(format!("room_id: {e}")))?),
+        None => None,
+    };
+    Ok((users, kind, text, payload, room))
+}
+
 async fn critical(State(s): St, b: Result<Json<CriticalReq>, JsonRejection>) -> Response {
     let req = match body(b) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let max_chars = s.ingest.config().max_text_chars;
-    let parsed = (|| {
-        if req.user_ids.is_empty() || req.user_ids.len() > MAX_CRITICAL_USERS {
-            return Err(bad(format!("user_ids: 1 to {MAX_CRITICAL_USERS} user ids")));
-        }
-        let mut users = req
-            .user_ids
-            .iter()
-            .map(|u| user_param("user_ids", u))
-            .collect::<Result<Vec<_>, _>>()?;
-        users.sort();
-        users.dedup();
-        let kind = kind_field(req.kind.as_deref(), MsgKind::System)?;
-        let text = text_field(req.text, max_chars)?;
-        let payload = payload_field(req.payload)?;
-        if text.is_none() && payload.is_none() {
-            return Err(bad("text or payload: a critical message needs one of them"));
-        }
-        let room = match req.room_id.as_deref() {
-            Some(r) => Some(RoomId::parse(r).map_err(|e| bad(format!("room_id: {e}")))?),
-            None => None,
+    let (users, kind, text, payload, room) =
+        match critical_parts(req, s.ingest.config().max_text_chars) {
+            Ok(v) => v,
+            Err(e) => return e.into_response(),
         };
-        Ok((users, kind, text, payload, room))
-    })();
-    let (users, kind, text, payload, room) = match parsed {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
     let msg_id = s.ingest.next_id().0;
     let n = users.len();
     match send_critical_to(&s, users, msg_id, kind, room, text, payload).await {
@@ -569,22 +594,26 @@ struct BroadcastReq {
     payload: Option<Value>,
 }
 
+/// A broadcast body, checked: kind, text, payload (one of the last two at least).
+fn broadcast_parts(
+    req: BroadcastReq,
+    max_chars: usize,
+) -> Result<(MsgKind, Option<String>, Option<String>), ApiError> {
+    let kind = kind_field(req.kind.as_deref(), MsgKind::System)?;
+    let text = text_field(req.text, max_chars)?;
+    let payload = payload_field(req.payload)?;
+    if text.is_none() && payload.is_none() {
+        return Err(bad("text or payload: a notice needs one of them"));
+    }
+    Ok((kind, text, payload))
+}
+
 async fn broadcast(State(s): St, b: Result<Json<BroadcastReq>, JsonRejection>) -> Response {
     let req = match body(b) {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let max_chars = s.ingest.config().max_text_chars;
-    let parsed = (|| {
-        let kind = kind_field(req.kind.as_deref(), MsgKind::System)?;
-        let text = text_field(req.text, max_chars)?;
-        let payload = payload_field(req.payload)?;
-        if text.is_none() && payload.is_none() {
-            return Err(bad("text or payload: a notice needs one of them"));
-        }
-        Ok((kind, text, payload))
-    })();
-    let (kind, text, payload) = match parsed {
+    let (kind, text, payload) = match broadcast_parts(req, s.ingest.config().max_text_chars) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
@@ -633,11 +662,22 @@ fn reason_ok(reason: &Option<String>) -> Result<(), ApiError> {
     }
 }
 
+/// A ban or mute body (may be empty), checked.
+fn sanction_req(body: &[u8]) -> Result<SanctionReq, ApiError> {
+    let req = optional_json::<SanctionReq>(body)?;
+    reason_ok(&req.reason)?;
+    Ok(req)
+}
+
+/// A kick body (may be empty), checked.
+fn kick_req(body: &[u8]) -> Result<KickReq, ApiError> {
+    let req = optional_json::<KickReq>(body)?;
+    reason_ok(&req.reason)?;
+    Ok(req)
+}
+
 async fn ban(State(s): St, Path(user): Path<String>, b: axum::body::Bytes) -> Response {
-    let (user, req) = match (
-        user_param("user", &user),
-        optional_json::<SanctionReq>(&b).and_then(|r| reason_ok(&r.reason).map(|()| r)),
-    ) {
+    let (user, req) = match (user_param("user", &user), sanction_req(&b)) {
         (Ok(u), Ok(r)) => (u, r),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
@@ -686,7 +726,7 @@ async fn mute(
     let (room, user, req) = match (
         room_param(&room),
         user_param("user", &user),
-        optional_json::<SanctionReq>(&b).and_then(|r| reason_ok(&r.reason).map(|()| r)),
+        sanction_req(&b),
     ) {
         (Ok(r), Ok(u), Ok(b)) => (r, u, b),
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return e.into_response(),
@@ -738,13 +778,60 @@ async fn kick(State(s): St, Path(user): Path<String>, b: axum::body::Bytes) -> R
         Ok(u) => u,
         Err(e) => return e.into_response(),
     };
-    let reason = match optional_json::<KickReq>(&b).and_then(|k| reason_ok(&k.reason).map(|()| k)) {
+    let reason = match kick_req(&b) {
         Ok(k) => k.reason,
         Err(e) => return e.into_response(),
     };
     let reason = reason.unwrap_or_else(|| "removed by a moderator".to_owned());
     let closed = s.gateway.kick_user(&user, close::KICKED, "kicked", &reason);
     Json(json!({ "user_id": user.as_str(), "closed_connections": closed })).into_response()
+}
+
+// ---- request bodies without HTTP --------------------------------------------------------------
+
+/// A request body of the server API, for [`check_body`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiBody {
+    /// `POST /rooms/{room}/messages`
+    Publish,
+    /// `POST /outbox`
+    Outbox,
+    /// `POST /critical`
+    Critical,
+    /// `POST /broadcast`
+    Broadcast,
+    /// `PUT /users/{user}/ban` and `PUT /rooms/{room}/mutes/{user}`
+    Sanction,
+    /// `POST /users/{user}/kick`
+    Kick,
+}
+
+impl ApiBody {
+    pub const ALL: [ApiBody; 6] = [
+        ApiBody::Publish,
+        ApiBody::Outbox,
+        ApiBody::Critical,
+        ApiBody::Broadcast,
+        ApiBody::Sanction,
+        ApiBody::Kick,
+    ];
+}
+
+/// Decodes and checks one request body the way its handler does (the same JSON decoding as the
+/// `Json` extractor, the same field checks), without HTTP, state or side effects: the way in
+/// for the fuzz test. `Err` is the handler's 400 response.
+pub fn check_body(which: ApiBody, bytes: &[u8], max_text_chars: usize) -> Result<(), ApiError> {
+    fn json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+        body(Json::<T>::from_bytes(bytes))
+    }
+    match which {
+        ApiBody::Publish => publish_fields(json(bytes)?, max_text_chars).map(drop),
+        ApiBody::Outbox => outbox_row(json(bytes)?, max_text_chars).map(drop),
+        ApiBody::Critical => critical_parts(json(bytes)?, max_text_chars).map(drop),
+        ApiBody::Broadcast => broadcast_parts(json(bytes)?, max_text_chars).map(drop),
+        ApiBody::Sanction => sanction_req(bytes).map(drop),
+        ApiBody::Kick => kick_req(bytes).map(drop),
+    }
 }
 
 #[cfg(test)]
