@@ -244,11 +244,13 @@ macro_rules! by_op {
             Op::Leave => $f::<body::Leave>($($arg),*),
             Op::Chat => $f::<body::Chat>($($arg),*),
             Op::Ack => $f::<body::Ack>($($arg),*),
+            Op::Logout => $f::<body::Logout>($($arg),*),
             Op::LoginOk => $f::<body::LoginOk>($($arg),*),
             Op::HeartbeatOk => $f::<body::HeartbeatOk>($($arg),*),
             Op::JoinOk => $f::<body::JoinOk>($($arg),*),
             Op::LeaveOk => $f::<body::LeaveOk>($($arg),*),
             Op::ChatOk => $f::<body::ChatOk>($($arg),*),
+            Op::LogoutOk => $f::<body::LogoutOk>($($arg),*),
             Op::Error => $f::<body::Error>($($arg),*),
             Op::RoomMsg => $f::<body::RoomMsg>($($arg),*),
             Op::Online => $f::<body::Online>($($arg),*),
@@ -290,6 +292,7 @@ fn sample(op: Op, format: BodyFormat, out: &mut Vec<u8>) {
             out,
         ),
         Op::Ack => encode_body(format, &body::Ack { msg_id: u64::MAX }, out),
+        Op::Logout => encode_body(format, &body::Logout {}, out),
         Op::LoginOk => encode_body(
             format,
             &body::LoginOk {
@@ -314,6 +317,7 @@ fn sample(op: Op, format: BodyFormat, out: &mut Vec<u8>) {
         ),
         Op::LeaveOk => encode_body(format, &body::LeaveOk { room_id: room() }, out),
         Op::ChatOk => encode_body(format, &body::ChatOk { msg_id: 1 << 40 }, out),
+        Op::LogoutOk => encode_body(format, &body::LogoutOk {}, out),
         Op::Error => encode_body(
             format,
             &body::Error {
