@@ -30,6 +30,7 @@ pub fn batch(room: &str, epoch: u32, seqs: RangeInclusive<u64>) -> RoomBatch {
                 })
             })
             .collect(),
+        outbox_ids: Vec::new(),
     }
 }
 

@@ -78,6 +78,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                 .then(|| Duration::from_secs(config.store.retention_days as u64 * 86_400));
             let opts = SqliteOptions {
                 retention,
+                metrics: metrics.clone(),
                 ..SqliteOptions::default()
             };
             Arc::new(
@@ -185,7 +186,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     );
     {
         // Housekeeping of the in-memory adapters.
-        let (presence, limiter, history) = (presence.clone(), limiter.clone(), history.clone());
+        let (presence, limiter, history, metrics) = (
+            presence.clone(),
+            limiter.clone(),
+            history.clone(),
+            metrics.clone(),
+        );
         let max_idle = Duration::from_secs_f64(
             [config.ingest.user_limit, config.ingest.room_limit]
                 .iter()
@@ -208,6 +214,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
                         presence.sweep();
                         limiter.sweep(max_idle);
                         history.evict_idle();
+                        metrics.history_rooms.set(history.rooms_in_memory() as i64);
                     }
                 }
             }
@@ -220,9 +227,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ready = {
         let shutting_down = shutting_down.clone();
+        let store = store.clone();
         Arc::new(move || {
             if shutting_down.load(Ordering::Relaxed) {
                 Err("shutting down".to_owned())
+            } else if let Some(why) = store.write_error() {
+                // Messages still flow (and wait in the store's queue), but nothing new is
+                // durable: the load balancer should send new clients elsewhere.
+                Err(format!("message store cannot write: {why}"))
             } else {
                 Ok(())
             }

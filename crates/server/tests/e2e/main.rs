@@ -11,5 +11,6 @@ mod limits;
 mod malformed;
 mod rooms;
 mod slow;
+mod store;
 mod web;
 mod wire;
