@@ -6,6 +6,12 @@
 //! blocking pool. A `meta` row records whether the last run closed cleanly, so that a crash —
 //! which can lose the last queued batches — makes rooms start new epochs instead of handing out
 //! the same `seq` twice.
+//!
+//! The writer never drops a batch while the process lives: a failed transaction is retried with
+//! backoff (the store reports its error meanwhile, `/readyz` fails). It also marks outbox rows
+//! sent in the transaction that stores their messages (see `roomcast_core::outbox`), and prunes
+//! old messages in bounded chunks. It must not reorder batches: a room's batches are written in
+//! the order they were queued.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
