@@ -93,7 +93,12 @@ pub async fn message_store_suite(store: &dyn MessageStore) {
 
     // A batch with no messages records a fresh epoch (how `History` persists one at once).
     store
-        .append(Arc::new(batch("suite-b", 5, 1..=0)))
+        .append(Arc::new(RoomBatch {
+            room: b.clone(),
+            epoch: 5,
+            msgs: Vec::new(),
+            outbox_ids: Vec::new(),
+        }))
         .await
         .expect("append");
     store.flush().await.expect("flush");
