@@ -208,7 +208,14 @@ export class RoomcastClient extends EventTarget {
     if (rejoin) {
       // Fill the gap (after a new epoch, everything of the new epoch is new).
       for (const m of msgs) this._deliver(st, m, true);
-      if (ok.recovered === false) this._emit("gap", { room_id: roomId, epoch: ok.epoch });
+      if (ok.recovered === false) {
+        this._emit("gap", { room_id: roomId, epoch: ok.epoch });
+        // Not recoverable: the server's position is the one to follow from now on — its epoch
+        // (a new one after a server crash, even before any message of it arrives) and its
+        // last seq. Keeping the old epoch would ask for an impossible recovery on every re-join.
+        st.epoch = ok.epoch;
+        st.seq = ok.last_seq || 0;
+      }
     } else {
       st.epoch = ok.epoch;
       st.seq = msgs.length ? msgs[msgs.length - 1].seq : ok.last_seq || 0;

@@ -302,5 +302,38 @@ test("logout leaves the room at once and does not reconnect", async () => {
   // An absence can only be shown by waiting: five times the longest backoff.
   await page.evaluate(() => new Promise((r) => setTimeout(r, 500)));
   assert.equal(await page.evaluate(() => window.opens), opensBefore, "no reconnect after logout");
+
+test("a re-join that cannot recover adopts the server's epoch and position", async () => {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(base + "/");
+  const seen = await page.evaluate(async () => {
+    const { RoomcastClient } = await import("/roomcast.js");
+    const r = await fetch("/dev/token", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name: "Epo" }) });
+    const c = new RoomcastClient(`ws://${location.host}/ws`, { token: (await r.json()).token, minBackoffMs: 50, maxBackoffMs: 50 });
+    const joins = [];
+    c.addEventListener("joined", (e) => joins.push(e.detail));
+    await c.connect();
+    const first = await c.join("epoch-room");
+    // As if this client had followed an epoch the server no longer has (say, one from before
+    // a server crash), with no message of the server's epoch seen yet.
+    const st = c.rooms.get("epoch-room");
+    st.epoch = (first.epoch ^ 0x5a5a5a5a) >>> 0 || 1;
+    st.seq = 7;
+    const rejoined = new Promise((res) => c.addEventListener("joined", () => res(), { once: true }));
+    c.ws.close(4999, "test cut");
+    await rejoined;
+    const after = { epoch: st.epoch, seq: st.seq, recovered: joins[1].recovered, server: joins[1].epoch };
+    // The next re-join asks from the adopted position, and recovers.
+    const again = new Promise((res) => c.addEventListener("joined", () => res(), { once: true }));
+    c.ws.close(4999, "test cut");
+    await again;
+    return { after, third: joins[2].recovered, first: first.epoch };
+  });
+  assert.equal(seen.after.recovered, false);
+  assert.equal(seen.after.epoch, seen.after.server, "adopted join_ok.epoch");
+  assert.equal(seen.after.epoch, seen.first);
+  assert.equal(seen.after.seq, 0, "reset to the server's last seq");
+  assert.equal(seen.third, true, "recovers from the adopted position");
   await ctx.close();
 });

@@ -6,6 +6,12 @@
 //! blocking pool. A `meta` row records whether the last run closed cleanly, so that a crash —
 //! which can lose the last queued batches — makes rooms start new epochs instead of handing out
 //! the same `seq` twice.
+//!
+//! The writer never drops a batch while the process lives: a failed transaction is retried with
+//! backoff (the store reports its error meanwhile, `/readyz` fails). It also marks outbox rows
+//! sent in the transaction that stores their messages (see `roomcast_core::outbox`), and prunes
+//! old messages in bounded chunks. It must not reorder batches: a room's batches are written in
+//! the order they were queued.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,6 +22,7 @@ use parking_lot::Mutex;
 use roomcast_core::BoxFut;
 use roomcast_core::clock::now_ms;
 use roomcast_core::ids::RoomId;
+use roomcast_core::metrics::Metrics;
 use roomcast_core::model::{RoomBatch, RoomMsg};
 use roomcast_core::ports::{MessageStore, StoreError, StoredRoom};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -48,12 +55,22 @@ CREATE TABLE IF NOT EXISTS meta (
 );
 ";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SqliteOptions {
-    /// Messages older than this are deleted (checked at most once an hour). `None`: keep all.
+    /// Messages older than this are deleted (at start, then at most once an hour). `None`: keep
+    /// all.
     pub retention: Option<Duration>,
     /// Batches that may wait for the writer before `append` waits.
     pub queue: usize,
+    /// Rows deleted per statement when pruning, so that a large backlog never holds the writer
+    /// (and the messages queued behind it) for long.
+    pub prune_chunk: usize,
+    /// Pause after the first failed write; doubled after each further failure up to
+    /// `retry_max`. A failed write is retried until it succeeds (or the store is closing).
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// Where write failures are counted.
+    pub metrics: Arc<Metrics>,
 }
 
 impl Default for SqliteOptions {
@@ -61,14 +78,30 @@ impl Default for SqliteOptions {
         SqliteOptions {
             retention: Some(Duration::from_secs(30 * 24 * 3600)),
             queue: 4096,
+            prune_chunk: 5000,
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+            metrics: Arc::new(Metrics::default()),
         }
     }
 }
+
+/// Failed attempts a closing store still makes before it gives up on a write.
+const RETRIES_WHEN_CLOSING: u32 = 3;
 
 enum Cmd {
     Append(Arc<RoomBatch>),
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<()>),
+}
+
+/// What the writer thread tells the rest of the store.
+#[derive(Default)]
+struct Health {
+    /// The last write error while writes fail; `None` once a write succeeds.
+    error: Mutex<Option<String>>,
+    /// Set by `close`: a write that keeps failing is given up after a few more attempts.
+    closing: AtomicBool,
 }
 
 pub struct SqliteStore {
@@ -77,17 +110,33 @@ pub struct SqliteStore {
     reader: Arc<Mutex<Connection>>,
     previous_clean: bool,
     closed: AtomicBool,
+    health: Arc<Health>,
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
-pub(crate) fn open_connection(path: &Path) -> rusqlite::Result<Connection> {
+/// How soon a commit on a connection is on disk.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Durability {
+    /// WAL + `synchronous=NORMAL`: a commit survives a process crash, the last ones may be lost
+    /// on power loss. For the message store, whose writer batches thousands of rows per commit.
+    Normal,
+    /// WAL + `synchronous=FULL`: a commit is on disk when it returns. For the outbox and the ack
+    /// store, whose promise is "durable when answered".
+    Full,
+}
+
+pub(crate) fn open_connection(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let level = match durability {
+        Durability::Normal => "NORMAL",
+        Durability::Full => "FULL",
+    };
+    conn.pragma_update(None, "synchronous", level)?;
     Ok(conn)
 }
 
@@ -100,9 +149,13 @@ impl SqliteStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| unavailable(format!("{}: {e}", dir.display())))?;
         }
-        let writer =
-            open_connection(path).map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
+        let writer = open_connection(path, Durability::Normal)
+            .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        // The writer marks outbox rows sent in the transaction that stores their messages.
+        writer
+            .execute_batch(crate::sqlite_outbox::SCHEMA)
+            .map_err(unavailable)?;
         let clean: Option<String> = writer
             .query_row("SELECT value FROM meta WHERE key = 'clean'", [], |r| {
                 r.get(0)
@@ -117,12 +170,21 @@ impl SqliteStore {
         writer
             .execute("INSERT INTO meta (key, value) VALUES ('clean', '0') ON CONFLICT (key) DO UPDATE SET value = '0'", [])
             .map_err(unavailable)?;
-        let reader = open_connection(path).map_err(unavailable)?;
+        let reader = open_connection(path, Durability::Normal).map_err(unavailable)?;
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let retention = opts.retention;
+        let health = Arc::new(Health::default());
+        let writer_health = health.clone();
         std::thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || writer_loop(writer, rx, retention))
+            .spawn(move || {
+                Writer {
+                    conn: writer,
+                    opts,
+                    health: writer_health,
+                    lost_writes: false,
+                }
+                .run(rx)
+            })
             .map_err(unavailable)?;
         Ok(SqliteStore {
             path: path.to_owned(),
@@ -130,6 +192,7 @@ impl SqliteStore {
             reader: Arc::new(Mutex::new(reader)),
             previous_clean,
             closed: AtomicBool::new(false),
+            health,
         })
     }
 
@@ -150,77 +213,151 @@ impl SqliteStore {
     }
 }
 
-fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Cmd>, retention: Option<Duration>) {
-    let mut last_prune = Instant::now();
-    let mut cmds = Vec::with_capacity(1024);
-    // Once a batch could not be written, this run must not be recorded as clean: the next start
-    // gives rooms new epochs instead of handing out the lost batch's seq numbers again.
-    let mut lost_writes = false;
-    loop {
-        let Some(first) = rx.blocking_recv() else {
-            return;
-        };
-        cmds.push(first);
-        while cmds.len() < 1024 {
-            match rx.try_recv() {
-                Ok(c) => cmds.push(c),
-                Err(_) => break,
-            }
-        }
-        let batches: Vec<&Arc<RoomBatch>> = cmds
-            .iter()
-            .filter_map(|c| match c {
-                Cmd::Append(b) => Some(b),
-                _ => None,
-            })
-            .collect();
-        if !batches.is_empty()
-            && let Err(e) = write_batches(&mut conn, &batches)
-        {
-            tracing::error!(error = %e, batches = batches.len(), "cannot write messages to SQLite");
-            lost_writes = true;
-        }
-        if let Some(keep) = retention
-            && last_prune.elapsed() > Duration::from_secs(3600)
-        {
-            last_prune = Instant::now();
-            let cutoff = now_ms().saturating_sub(keep.as_millis() as u64) as i64;
-            match conn.execute(
-                "DELETE FROM room_chat_message WHERE created_at < ?1",
-                [cutoff],
-            ) {
-                Ok(n) if n > 0 => tracing::info!(deleted = n, "pruned old messages"),
-                Ok(_) => {}
-                Err(e) => tracing::warn!(error = %e, "cannot prune old messages"),
-            }
-        }
-        let mut stop = false;
-        for c in cmds.drain(..) {
-            match c {
-                Cmd::Append(_) => {}
-                Cmd::Flush(done) => {
-                    let _ = done.send(());
+struct Writer {
+    conn: Connection,
+    opts: SqliteOptions,
+    health: Arc<Health>,
+    /// Once a batch could not be written (given up at shutdown), this run must not be recorded
+    /// as clean: the next start gives rooms new epochs instead of handing out the lost batch's
+    /// seq numbers again.
+    lost_writes: bool,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        // Pruning starts at once (a backlog from a long stop), one bounded chunk per turn so
+        // that queued messages are written in between.
+        let mut prune_due = self.opts.retention.is_some();
+        let mut last_prune = Instant::now();
+        let mut cmds = Vec::with_capacity(1024);
+        loop {
+            if prune_due {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => return,
                 }
-                Cmd::Close(done) => {
-                    if lost_writes {
-                        tracing::warn!(
-                            "messages were lost this run; not recording a clean shutdown"
-                        );
-                    } else if let Err(e) =
-                        conn.execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
-                    {
-                        tracing::error!(error = %e, "cannot record clean shutdown");
+            } else {
+                let Some(first) = rx.blocking_recv() else {
+                    return;
+                };
+                cmds.push(first);
+            }
+            while cmds.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            let batches: Vec<&Arc<RoomBatch>> = cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Cmd::Append(b) => Some(b),
+                    _ => None,
+                })
+                .collect();
+            if !batches.is_empty() {
+                self.write_with_retry(&batches);
+            }
+            if let Some(keep) = self.opts.retention {
+                if !prune_due && last_prune.elapsed() > Duration::from_secs(3600) {
+                    prune_due = true;
+                }
+                if prune_due {
+                    let cutoff = now_ms().saturating_sub(keep.as_millis() as u64) as i64;
+                    match prune_chunk(&self.conn, cutoff, self.opts.prune_chunk.max(1)) {
+                        Ok(n) => {
+                            if n > 0 {
+                                tracing::debug!(deleted = n, "pruned old messages");
+                            }
+                            if n < self.opts.prune_chunk.max(1) {
+                                prune_due = false;
+                                last_prune = Instant::now();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot prune old messages");
+                            prune_due = false;
+                            last_prune = Instant::now();
+                        }
                     }
-                    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
-                    let _ = done.send(());
-                    stop = true;
                 }
             }
-        }
-        if stop {
-            return;
+            let mut stop = false;
+            for c in cmds.drain(..) {
+                match c {
+                    Cmd::Append(_) => {}
+                    Cmd::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                    Cmd::Close(done) => {
+                        self.close();
+                        let _ = done.send(());
+                        stop = true;
+                    }
+                }
+            }
+            if stop {
+                return;
+            }
         }
     }
+
+    /// Writes the batches, retrying with exponential backoff until it works: while it fails,
+    /// `append` waits once the queue is full (back-pressure up to ingest) and the store reports
+    /// its error (`/readyz` fails). Only a closing store gives up, after a few more attempts.
+    fn write_with_retry(&mut self, batches: &[&Arc<RoomBatch>]) {
+        let mut pause = self.opts.retry_base;
+        let mut attempts = 0u32;
+        loop {
+            match write_batches(&mut self.conn, batches) {
+                Ok(()) => {
+                    if self.health.error.lock().take().is_some() {
+                        self.opts.metrics.store_write_failing.set(0);
+                        tracing::info!("message store writes again");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    self.opts.metrics.store_write_failures.inc();
+                    self.opts.metrics.store_write_failing.set(1);
+                    *self.health.error.lock() = Some(format!("cannot write messages: {e}"));
+                    if self.health.closing.load(Ordering::Relaxed)
+                        && attempts >= RETRIES_WHEN_CLOSING
+                    {
+                        tracing::error!(error = %e, batches = batches.len(), "cannot write messages at shutdown; giving up");
+                        self.lost_writes = true;
+                        return;
+                    }
+                    tracing::error!(error = %e, batches = batches.len(), attempt = attempts, retry_in_ms = pause.as_millis() as u64, "cannot write messages to SQLite; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(self.opts.retry_max.max(self.opts.retry_base));
+                }
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if self.lost_writes {
+            tracing::warn!("messages were lost this run; not recording a clean shutdown");
+        } else if let Err(e) = self
+            .conn
+            .execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
+        {
+            tracing::error!(error = %e, "cannot record clean shutdown");
+        }
+        let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    }
+}
+
+/// Deletes up to `chunk` messages older than `cutoff_ms`; returns how many.
+fn prune_chunk(conn: &Connection, cutoff_ms: i64, chunk: usize) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM room_chat_message WHERE id IN
+         (SELECT id FROM room_chat_message WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+        params![cutoff_ms, chunk as i64],
+    )
 }
 
 fn write_batches(conn: &mut Connection, batches: &[&Arc<RoomBatch>]) -> rusqlite::Result<()> {
@@ -234,8 +371,22 @@ fn write_batches(conn: &mut Connection, batches: &[&Arc<RoomBatch>]) -> rusqlite
             "INSERT INTO room_state (room_id, epoch, last_seq) VALUES (?1, ?2, ?3)
              ON CONFLICT (room_id) DO UPDATE SET epoch = excluded.epoch, last_seq = excluded.last_seq",
         )?;
+        let mut outbox_state = tx.prepare_cached(
+            "SELECT sent_at FROM room_chat_outbox WHERE msg_id = ?1 AND sent_at IS NOT NULL",
+        )?;
+        let mut outbox_sent = tx.prepare_cached(
+            "UPDATE room_chat_outbox SET sent_at = ?2 WHERE msg_id = ?1 AND sent_at IS NULL",
+        )?;
+        let now = now_ms() as i64;
         for b in batches {
             for m in &b.msgs {
+                if b.outbox_ids.contains(&m.msg_id) {
+                    // A copy the relay re-published after the first was stored: keep one.
+                    if outbox_state.exists(params![m.msg_id as i64])? {
+                        continue;
+                    }
+                    outbox_sent.execute(params![m.msg_id as i64, now])?;
+                }
                 insert.execute(params![
                     m.room_id,
                     m.msg_id as i64,
@@ -330,11 +481,16 @@ impl MessageStore for SqliteStore {
         self.previous_clean
     }
 
+    fn write_error(&self) -> Option<String> {
+        self.health.error.lock().clone()
+    }
+
     fn close(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
             if self.closed.swap(true, Ordering::Relaxed) {
                 return Ok(());
             }
+            self.health.closing.store(true, Ordering::Relaxed);
             self.command(Cmd::Close).await
         })
     }
@@ -344,8 +500,13 @@ impl MessageStore for SqliteStore {
 mod tests {
     use super::*;
 
+    /// testkit messages are from 2023: no retention, or pruning at start would remove them.
     fn open(dir: &tempfile::TempDir) -> SqliteStore {
-        SqliteStore::open(&dir.path().join("db/roomcast.db"), SqliteOptions::default()).unwrap()
+        let opts = SqliteOptions {
+            retention: None,
+            ..SqliteOptions::default()
+        };
+        SqliteStore::open(&dir.path().join("db/roomcast.db"), opts).unwrap()
     }
 
     #[tokio::test]
@@ -398,5 +559,174 @@ mod tests {
             .err()
             .unwrap();
         assert!(err.to_string().contains("file"), "{err}");
+    }
+
+    fn raw(dir: &tempfile::TempDir) -> Connection {
+        Connection::open(dir.path().join("db/roomcast.db")).unwrap()
+    }
+
+    fn stored(dir: &tempfile::TempDir) -> i64 {
+        raw(dir)
+            .query_row("SELECT COUNT(*) FROM room_chat_message", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// Writes fail (a trigger refuses them): the batch is retried, failures are counted, the
+    /// store reports its error; once writes work again, the batch is stored — nothing dropped.
+    #[tokio::test]
+    async fn a_failed_write_is_retried_until_it_works_and_reported_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        let store = Arc::new(
+            SqliteStore::open(
+                &dir.path().join("db/roomcast.db"),
+                SqliteOptions {
+                    retry_base: Duration::from_millis(1),
+                    retry_max: Duration::from_millis(20),
+                    metrics: metrics.clone(),
+                    ..SqliteOptions::default()
+                },
+            )
+            .unwrap(),
+        );
+        let db = raw(&dir);
+        db.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON room_chat_message
+             BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+        )
+        .unwrap();
+        store
+            .append(Arc::new(roomcast_core::testkit::batch("r", 9, 1..=3)))
+            .await
+            .unwrap();
+        // A flush waits for the write, which cannot happen yet.
+        let flushed = tokio::spawn({
+            let store = store.clone();
+            async move { store.flush().await }
+        });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while metrics.store_write_failures.get() < 3 {
+            assert!(!flushed.is_finished(), "not durable yet");
+            assert!(Instant::now() < deadline, "no retries");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let why = store.write_error().expect("the store says it cannot write");
+        assert!(why.contains("disk says no"), "{why}");
+        assert_eq!(metrics.store_write_failing.get(), 1);
+        assert_eq!(stored(&dir), 0);
+
+        db.execute_batch("DROP TRIGGER refuse").unwrap();
+        flushed.await.unwrap().unwrap();
+        assert_eq!(stored(&dir), 3, "the batch was kept and written");
+        assert_eq!(store.write_error(), None);
+        assert_eq!(metrics.store_write_failing.get(), 0);
+        store.close().await.unwrap();
+        drop(store);
+        assert!(open(&dir).previous_shutdown_clean(), "nothing was lost");
+    }
+
+    #[tokio::test]
+    async fn a_store_closing_while_writes_fail_gives_up_and_is_not_clean() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(
+            &dir.path().join("db/roomcast.db"),
+            SqliteOptions {
+                retention: None,
+                retry_base: Duration::from_millis(1),
+                retry_max: Duration::from_millis(5),
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap();
+        raw(&dir)
+            .execute_batch(
+                "CREATE TRIGGER refuse BEFORE INSERT ON room_chat_message
+                 BEGIN SELECT RAISE(ABORT, 'disk says no'); END;",
+            )
+            .unwrap();
+        store
+            .append(Arc::new(roomcast_core::testkit::batch("r", 9, 1..=3)))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        assert!(!open(&dir).previous_shutdown_clean());
+    }
+
+    /// The epoch a room gets after a crash is stored at once, so a clean restart after it
+    /// cannot bring back the older epoch.
+    #[tokio::test]
+    async fn a_fresh_epoch_after_a_crash_is_kept_by_a_clean_restart() {
+        use roomcast_core::config::HistoryConfig;
+        use roomcast_core::history::History;
+        let dir = tempfile::tempdir().unwrap();
+        let room = RoomId::parse("r").unwrap();
+        let store = open(&dir);
+        store
+            .append(Arc::new(roomcast_core::testkit::batch("r", 9, 1..=3)))
+            .await
+            .unwrap();
+        store.flush().await.unwrap();
+        drop(store); // a crash: never closed
+
+        let store: Arc<dyn MessageStore> = Arc::new(open(&dir));
+        assert!(!store.previous_shutdown_clean());
+        let fresh = {
+            let h = History::new(HistoryConfig::default(), store.clone());
+            let (epoch, last) = h.cursor(&room).await.unwrap();
+            assert_ne!(epoch, 9);
+            assert_eq!(last, 0);
+            epoch
+        };
+        store.close().await.unwrap(); // clean, with no message of the fresh epoch
+        drop(store);
+
+        let store: Arc<dyn MessageStore> = Arc::new(open(&dir));
+        assert!(store.previous_shutdown_clean());
+        let h = History::new(HistoryConfig::default(), store);
+        assert_eq!(h.cursor(&room).await.unwrap(), (fresh, 0));
+    }
+
+    /// Old messages are pruned at start, in chunks, while new ones are written.
+    #[tokio::test]
+    async fn old_messages_are_pruned_at_start_in_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir);
+        // testkit batches are from 2023: far older than any retention below.
+        store
+            .append(Arc::new(roomcast_core::testkit::batch("old", 1, 1..=25)))
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        assert_eq!(stored(&dir), 25);
+
+        let store = SqliteStore::open(
+            &dir.path().join("db/roomcast.db"),
+            SqliteOptions {
+                retention: Some(Duration::from_secs(86_400)),
+                prune_chunk: 4,
+                ..SqliteOptions::default()
+            },
+        )
+        .unwrap();
+        let mut fresh = roomcast_core::testkit::batch("new", 1, 1..=2);
+        for m in &mut fresh.msgs {
+            Arc::make_mut(m).ts = now_ms();
+        }
+        store.append(Arc::new(fresh)).await.unwrap();
+        // Pruning runs without any further command; wait for it to finish.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while stored(&dir) != 2 {
+            assert!(Instant::now() < deadline, "not pruned: {}", stored(&dir));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let kept = store
+            .load_room(&RoomId::parse("new").unwrap(), 10)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(kept.recent.len(), 2, "recent messages are kept");
+        store.close().await.unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! `room_chat_outbox` in SQLite (standalone's outbox; the backend writes rows in its own
 //! transactions on the same table shape in its MySQL-protocol database in production), plus the
-//! relay lease (`room_chat_outbox_lease`).
+//! relay lease (`room_chat_outbox_lease`). Rows are marked sent by the message store's writer
+//! (`sqlite.rs`), in the transaction that stores their messages — never here.
 
 use std::path::Path;
 use std::time::Duration;
@@ -29,6 +30,7 @@ CREATE TABLE IF NOT EXISTS room_chat_outbox (
     sent_at    INTEGER          -- NULL: pending; -1: failed (unusable, kept for inspection)
 );
 CREATE INDEX IF NOT EXISTS room_chat_outbox_pending ON room_chat_outbox (sent_at, id);
+CREATE INDEX IF NOT EXISTS room_chat_outbox_msg ON room_chat_outbox (msg_id);
 CREATE TABLE IF NOT EXISTS room_chat_outbox_lease (
     name       TEXT PRIMARY KEY,
     holder     TEXT    NOT NULL,
@@ -155,16 +157,6 @@ impl OutboxStore for SqliteOutbox {
         })
     }
 
-    fn mark_sent(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
-        self.conn.run(move |c| {
-            c.execute(
-                "UPDATE room_chat_outbox SET sent_at = ?2 WHERE id = ?1",
-                params![id, now_ms() as i64],
-            )
-            .map(|_| ())
-        })
-    }
-
     fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
         self.conn.run(move |c| {
             c.execute(
@@ -218,14 +210,16 @@ fn row_of(id: i64, r: &rusqlite::Row<'_>) -> Option<OutboxRow> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sqlite::{SqliteOptions, SqliteStore};
     use roomcast_core::config::IngestConfig;
     use roomcast_core::ingest::IngestService;
     use roomcast_core::ingest::filter::WordFilter;
     use roomcast_core::memory::{MemoryBus, MemoryModeration, MemoryRateLimiter};
     use roomcast_core::metrics::Metrics;
     use roomcast_core::model::InboundMessage;
+    use roomcast_core::model::RoomBatch;
     use roomcast_core::outbox::{Cycle, OutboxRelay, RelayConfig};
-    use roomcast_core::ports::BusConsumer;
+    use roomcast_core::ports::{BusConsumer, MessageStore};
     use std::sync::Arc;
 
     fn row(text: &str) -> NewOutboxRow {
@@ -282,9 +276,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn rows_are_pending_in_order_until_marked() {
+    async fn rows_are_pending_in_order_until_stored() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteOutbox::open(&dir.path().join("o.db")).unwrap();
+        let path = dir.path().join("o.db");
+        let s = SqliteOutbox::open(&path).unwrap();
         let ids: Vec<i64> = futures_ids(&s, &["a", "b", "c"]).await;
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
         let p = s.pending(10).await.unwrap();
@@ -301,8 +296,13 @@ mod tests {
             Some(77),
             "fixed once"
         );
-        s.mark_sent(ids[0]).await.unwrap();
-        assert_eq!(s.pending_count().await.unwrap(), 2);
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        store_copies(&store, &s.pending(1).await.unwrap()).await;
+        assert_eq!(
+            s.pending_count().await.unwrap(),
+            2,
+            "marked sent by the store"
+        );
         assert_eq!(s.pending(10).await.unwrap()[0].event.text, "b");
     }
 
@@ -365,73 +365,97 @@ mod tests {
         assert!(!b.acquire_lease("b", ttl).await.unwrap());
     }
 
-    /// Publishes every row, in order; a restart between publishing and marking publishes that
-    /// row once more with the same msg_id; nothing is lost; a second relay publishes nothing
-    /// while the first holds the lease.
-    #[tokio::test]
-    async fn the_relay_survives_a_restart_between_publish_and_mark() {
-        struct FailMarkOnce {
-            inner: SqliteOutbox,
-            fail_on: i64,
-            failed: std::sync::atomic::AtomicBool,
-        }
-        impl OutboxStore for FailMarkOnce {
-            fn insert(&self, row: NewOutboxRow) -> BoxFut<'_, Result<i64, StoreError>> {
-                self.inner.insert(row)
-            }
-            fn acquire_lease<'a>(
-                &'a self,
-                h: &'a str,
-                ttl: Duration,
-            ) -> BoxFut<'a, Result<bool, StoreError>> {
-                self.inner.acquire_lease(h, ttl)
-            }
-            fn release_lease<'a>(&'a self, h: &'a str) -> BoxFut<'a, Result<(), StoreError>> {
-                self.inner.release_lease(h)
-            }
-            fn pending(&self, limit: usize) -> BoxFut<'_, Result<Vec<OutboxRow>, StoreError>> {
-                self.inner.pending(limit)
-            }
-            fn assign_msg_id(&self, id: i64, m: u64) -> BoxFut<'_, Result<(), StoreError>> {
-                self.inner.assign_msg_id(id, m)
-            }
-            fn mark_sent(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
-                if id == self.fail_on
-                    && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst)
-                {
-                    // The process "dies" right after publishing this row.
-                    return Box::pin(std::future::ready(Err(StoreError::Closed)));
-                }
-                self.inner.mark_sent(id)
-            }
-            fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>> {
-                self.inner.mark_failed(id)
-            }
-            fn pending_count(&self) -> BoxFut<'_, Result<u64, StoreError>> {
-                self.inner.pending_count()
-            }
-        }
+    /// Stores messages as a room worker would: one batch, outbox ids named.
+    async fn store_msgs(store: &SqliteStore, msgs: &[InboundMessage]) {
+        let room = RoomId::parse("paid-room").unwrap();
+        let (epoch, last) = match store.load_room(&room, 0).await.unwrap() {
+            Some(r) => (r.epoch, r.last_seq),
+            None => (1, 0),
+        };
+        let batch = RoomBatch {
+            room,
+            epoch,
+            msgs: msgs
+                .iter()
+                .zip(last + 1..)
+                .map(|(m, seq)| Arc::new(m.sequenced(epoch, seq)))
+                .collect(),
+            outbox_ids: msgs
+                .iter()
+                .filter(|m| m.from_outbox)
+                .map(|m| m.msg_id.0)
+                .collect(),
+        };
+        store.append(Arc::new(batch)).await.unwrap();
+        store.flush().await.unwrap();
+    }
 
+    /// Stores the messages of rows as published with their fixed msg_ids.
+    async fn store_copies(store: &SqliteStore, rows: &[OutboxRow]) {
+        let msgs: Vec<InboundMessage> = rows
+            .iter()
+            .map(|r| InboundMessage {
+                room: r.event.room.clone(),
+                msg_id: roomcast_core::ids::MsgId(r.msg_id.unwrap_or(r.id as u64)),
+                user: r.event.user.clone(),
+                name: None,
+                text: r.event.text.clone(),
+                kind: r.event.kind,
+                ts: now_ms(),
+                payload: r.event.payload.clone(),
+                from_outbox: true,
+            })
+            .collect();
+        store_msgs(store, &msgs).await;
+    }
+
+    fn stored_count(path: &std::path::Path, msg_id: u64) -> i64 {
+        rusqlite::Connection::open(path)
+            .unwrap()
+            .query_row(
+                "SELECT COUNT(*) FROM room_chat_message WHERE msg_id = ?1",
+                [msg_id as i64],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// A published row stays pending until the store has its message (the relay never marks
+    /// it): a crash before that publishes it again with the same msg_id, the store keeps one
+    /// copy, nothing is lost, and a second relay publishes nothing while the first holds the
+    /// lease. Before the fix, the relay marked rows sent on ingest acceptance: "two" and
+    /// "three" were lost with the crash.
+    #[tokio::test]
+    async fn a_row_is_pending_until_its_message_is_stored_then_stored_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.db");
         let writer = SqliteOutbox::open(&path).unwrap();
-        let ids = futures_ids(&writer, &["one", "two", "three"]).await;
+        let store = SqliteStore::open(&path, SqliteOptions::default()).unwrap();
+        futures_ids(&writer, &["one", "two", "three"]).await;
         let mut b = bench();
 
-        let first = relay(
-            &b,
-            Arc::new(FailMarkOnce {
-                inner: SqliteOutbox::open(&path).unwrap(),
-                fail_on: ids[1],
-                failed: false.into(),
-            }),
-            "relay-1",
+        let first = relay(&b, Arc::new(SqliteOutbox::open(&path).unwrap()), "relay-1");
+        assert_eq!(first.cycle().await.unwrap(), Cycle::Published(3));
+        let before = drain(&mut b.consumer, 3).await;
+        assert!(before.iter().all(|m| m.from_outbox));
+        assert_eq!(
+            first.cycle().await.unwrap(),
+            Cycle::Published(0),
+            "in flight: not published again each cycle"
         );
-        assert!(
-            first.cycle().await.is_err(),
-            "dies between publish and mark"
+        assert_eq!(first.in_flight(), 3);
+        assert_eq!(
+            writer.pending_count().await.unwrap(),
+            3,
+            "published is not sent"
         );
-        let before = drain(&mut b.consumer, 2).await;
+
+        // Only "one" reaches the store; then the process dies ("two" and "three" were still
+        // in the bus / the worker / the writer queue).
+        store_msgs(&store, &before[..1]).await;
+        assert_eq!(writer.pending_count().await.unwrap(), 2);
+        assert_eq!(first.cycle().await.unwrap(), Cycle::Published(0));
+        assert_eq!(first.in_flight(), 2, "the stored row is forgotten");
         drop(first); // never released its lease: the restarted relay has the same name
 
         let restarted = relay(&b, Arc::new(SqliteOutbox::open(&path).unwrap()), "relay-1");
@@ -439,25 +463,51 @@ mod tests {
         assert_eq!(restarted.cycle().await.unwrap(), Cycle::Published(2));
         assert_eq!(rival.cycle().await.unwrap(), Cycle::NotLeader);
         let after = drain(&mut b.consumer, 2).await;
-
-        let texts: Vec<&str> = before
-            .iter()
-            .chain(&after)
-            .map(|m| m.text.as_str())
-            .collect();
         assert_eq!(
-            texts,
-            ["one", "two", "two", "three"],
-            "in order, at least once"
+            after.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+            ["two", "three"],
+            "in order"
         );
         assert_eq!(
-            before[1].msg_id, after[0].msg_id,
-            "the duplicate has the same msg_id"
+            (before[1].msg_id, before[2].msg_id),
+            (after[0].msg_id, after[1].msg_id),
+            "re-published with the same msg_id"
         );
         assert!(before.iter().chain(&after).all(
             |m| m.kind == MsgKind::Gift && m.payload.as_deref() == Some(r#"{"gift":"yacht"}"#)
         ));
+
+        // Had the old copy of "two" survived after all, both copies reach the store: one kept.
+        store_msgs(&store, &[before[1].clone(), after[0].clone()]).await;
+        store_msgs(&store, &after).await;
         assert_eq!(writer.pending_count().await.unwrap(), 0);
+        for m in before.iter().chain(&after) {
+            assert_eq!(stored_count(&path, m.msg_id.0), 1, "{}", m.text);
+        }
         assert_eq!(restarted.cycle().await.unwrap(), Cycle::Published(0));
+        assert_eq!(restarted.in_flight(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_row_still_pending_after_resend_after_is_published_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.db");
+        let s = Arc::new(SqliteOutbox::open(&path).unwrap());
+        futures_ids(&s, &["lost"]).await;
+        let mut b = bench();
+        let ids = b.ingest.clone();
+        let r = OutboxRelay::new(
+            RelayConfig {
+                resend_after: Duration::ZERO,
+                ..RelayConfig::default()
+            },
+            s.clone(),
+            b.ingest.clone(),
+            move || ids.next_id(),
+        );
+        assert_eq!(r.cycle().await.unwrap(), Cycle::Published(1));
+        assert_eq!(r.cycle().await.unwrap(), Cycle::Published(1));
+        let copies = drain(&mut b.consumer, 2).await;
+        assert_eq!(copies[0].msg_id, copies[1].msg_id);
     }
 }

@@ -244,6 +244,9 @@ pub struct HistoryConfig {
     pub max_count: usize,
     /// Rooms untouched this long drop their in-memory history (it is reloaded from the store).
     pub idle_evict_s: u64,
+    /// Most rooms whose history is cached in memory; past it, the least recently used room not
+    /// in use is dropped (and reloaded from the store when touched again).
+    pub max_rooms: usize,
 }
 
 impl Default for HistoryConfig {
@@ -252,6 +255,7 @@ impl Default for HistoryConfig {
             default_count: 50,
             max_count: 200,
             idle_evict_s: 600,
+            max_rooms: 10_000,
         }
     }
 }

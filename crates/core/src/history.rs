@@ -8,11 +8,18 @@
 //! Epochs: a room's `seq` is only meaningful within its `epoch`. A room seen for the first time
 //! gets a random epoch; so does every room after a start that followed a crash (the store may
 //! have lost the last messages, so their `seq` values could be handed out again). A clean
-//! restart keeps the epoch, so clients can recover across it.
+//! restart keeps the epoch, so clients can recover across it. A fresh epoch that replaces a
+//! stored one is written to the store at once (an empty batch), so that a crash followed by a
+//! clean restart can never bring the older epoch back. A room with nothing stored has nothing
+//! to regress to: its epoch lives in memory until its first batch is stored.
+//!
+//! Memory: at most `max_rooms` rooms are cached; past that the least recently used one that
+//! nobody holds is dropped (least recently used within its shard of the map, so the check stays
+//! cheap). A room with nothing stored costs one small slot with no ring allocated.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use roomcast_proto::body::Since;
@@ -73,6 +80,8 @@ struct RoomHistory {
 struct Slot {
     state: OnceCell<Mutex<RoomHistory>>,
     last_access_s: AtomicU64,
+    /// [`History::tick`] at the last touch: the order for least-recently-used eviction.
+    last_used: AtomicU64,
 }
 
 impl Slot {
@@ -89,6 +98,9 @@ pub struct History {
     cfg: HistoryConfig,
     store: Arc<dyn MessageStore>,
     rooms: Sharded<HashMap<RoomId, Arc<Slot>>>,
+    /// Slots in `rooms`.
+    count: AtomicUsize,
+    tick: AtomicU64,
     fresh_epochs: bool,
 }
 
@@ -105,10 +117,15 @@ pub fn new_epoch() -> u32 {
 impl History {
     pub fn new(cfg: HistoryConfig, store: Arc<dyn MessageStore>) -> Self {
         let fresh_epochs = !store.previous_shutdown_clean();
+        // Shards of at least ~64 rooms, so that the least recently used room of a shard is close
+        // to the least recently used of all.
+        let shards = (cfg.max_rooms / 64).clamp(1, 64);
         History {
             cfg,
             store,
-            rooms: Sharded::new(64),
+            rooms: Sharded::new(shards),
+            count: AtomicUsize::new(0),
+            tick: AtomicU64::new(0),
             fresh_epochs,
         }
     }
@@ -123,14 +140,23 @@ impl History {
 
     /// The room's slot, loaded.
     async fn room(&self, room: &RoomId) -> Result<Arc<Slot>, StoreError> {
-        let slot = self
-            .rooms
-            .for_key(room)
-            .lock()
-            .entry(room.clone())
-            .or_default()
-            .clone();
+        let (slot, added) = {
+            let mut shard = self.rooms.for_key(room).lock();
+            match shard.get(room) {
+                Some(s) => (s.clone(), false),
+                None => {
+                    let s = Arc::new(Slot::default());
+                    shard.insert(room.clone(), s.clone());
+                    (s, true)
+                }
+            }
+        };
         slot.last_access_s.store(now_s(), Ordering::Relaxed);
+        slot.last_used
+            .store(self.tick.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
+        if added && self.count.fetch_add(1, Ordering::Relaxed) >= self.cfg.max_rooms.max(1) {
+            self.evict_one(room);
+        }
         slot.state
             .get_or_try_init(|| async {
                 let stored = self.store.load_room(room, self.capacity()).await?;
@@ -138,13 +164,23 @@ impl History {
                     None => RoomHistory {
                         epoch: new_epoch(),
                         last_seq: 0,
-                        ring: VecDeque::with_capacity(8),
+                        ring: VecDeque::new(),
                     },
                     Some(s) => {
                         let ring = s.recent.into_iter().map(Arc::new).collect();
                         if self.fresh_epochs || s.epoch == 0 {
+                            let epoch = new_epoch();
+                            // Durable before anyone sees it (the store writes in order).
+                            self.store
+                                .append(Arc::new(RoomBatch {
+                                    room: room.clone(),
+                                    epoch,
+                                    msgs: Vec::new(),
+                                    outbox_ids: Vec::new(),
+                                }))
+                                .await?;
                             RoomHistory {
-                                epoch: new_epoch(),
+                                epoch,
                                 last_seq: 0,
                                 ring,
                             }
@@ -161,6 +197,26 @@ impl History {
             })
             .await?;
         Ok(slot)
+    }
+
+    /// Drops the least recently used slot nobody holds: in `near`'s shard if it has one, else
+    /// in the next shard that does.
+    fn evict_one(&self, near: &RoomId) {
+        let start = self.rooms.index_for(near);
+        let n = self.rooms.iter().count();
+        for i in 0..n {
+            let mut shard = self.rooms.at((start + i) % n).lock();
+            let victim = shard
+                .iter()
+                .filter(|(_, s)| Arc::strong_count(s) == 1)
+                .min_by_key(|(_, s)| s.last_used.load(Ordering::Relaxed))
+                .map(|(k, _)| k.clone());
+            if let Some(k) = victim {
+                shard.remove(&k);
+                self.count.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
+        }
     }
 
     /// The room's epoch and last `seq` (loading it if needed).
@@ -249,15 +305,19 @@ impl History {
     pub fn evict_idle(&self) {
         let cutoff = now_s().saturating_sub(self.cfg.idle_evict_s);
         for shard in self.rooms.iter() {
-            shard.lock().retain(|_, slot| {
+            let mut shard = shard.lock();
+            let before = shard.len();
+            shard.retain(|_, slot| {
                 Arc::strong_count(slot) > 1 || slot.last_access_s.load(Ordering::Relaxed) >= cutoff
             });
+            self.count
+                .fetch_sub(before - shard.len(), Ordering::Relaxed);
         }
     }
 
     /// Rooms with history in memory.
     pub fn rooms_in_memory(&self) -> usize {
-        self.rooms.iter().map(|s| s.lock().len()).sum()
+        self.count.load(Ordering::Relaxed)
     }
 
     pub fn store(&self) -> &Arc<dyn MessageStore> {
@@ -292,6 +352,7 @@ mod tests {
             room: room.clone(),
             epoch,
             msgs,
+            outbox_ids: Vec::new(),
         }))
         .await
         .unwrap();
@@ -390,6 +451,7 @@ mod tests {
             room: r.clone(),
             epoch,
             msgs: vec![Arc::new(old), msg("r", epoch, 2)],
+            outbox_ids: Vec::new(),
         };
         h.append(Arc::new(batch)).await.unwrap();
         let p = h
@@ -403,5 +465,103 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(seqs(&p), [2]);
+    }
+
+    /// A store whose previous run crashed (positions cannot be trusted).
+    struct AfterCrash(Arc<MemoryStore>);
+
+    impl MessageStore for AfterCrash {
+        fn append(&self, batch: Arc<RoomBatch>) -> crate::BoxFut<'_, Result<(), StoreError>> {
+            self.0.append(batch)
+        }
+        fn load_room(
+            &self,
+            room: &RoomId,
+            limit: usize,
+        ) -> crate::BoxFut<'_, Result<Option<crate::ports::StoredRoom>, StoreError>> {
+            self.0.load_room(room, limit)
+        }
+        fn flush(&self) -> crate::BoxFut<'_, Result<(), StoreError>> {
+            self.0.flush()
+        }
+        fn previous_shutdown_clean(&self) -> bool {
+            false
+        }
+        fn close(&self) -> crate::BoxFut<'_, Result<(), StoreError>> {
+            self.0.close()
+        }
+    }
+
+    /// Crash, then a run that only hands out the fresh epoch (no messages), then a clean
+    /// restart: the room keeps the fresh epoch instead of going back to the stored one.
+    #[tokio::test]
+    async fn a_fresh_epoch_after_a_crash_survives_a_clean_restart() {
+        let store = Arc::new(MemoryStore::new(100));
+        let r = RoomId::parse("r").unwrap();
+        let old = {
+            let h = History::new(HistoryConfig::default(), store.clone());
+            fill(&h, &r, 5).await
+        };
+        let fresh = {
+            let h = History::new(
+                HistoryConfig::default(),
+                Arc::new(AfterCrash(store.clone())),
+            );
+            let (fresh, last) = h.cursor(&r).await.unwrap();
+            assert_ne!(fresh, old, "a crash starts a new epoch");
+            assert_eq!(last, 0);
+            fresh
+        };
+        let h = History::new(HistoryConfig::default(), store);
+        assert_eq!(
+            h.cursor(&r).await.unwrap(),
+            (fresh, 0),
+            "the fresh epoch was stored when assigned"
+        );
+    }
+
+    #[tokio::test]
+    async fn cached_rooms_are_capped_and_an_evicted_room_continues_where_it_was() {
+        let cfg = HistoryConfig {
+            max_rooms: 16,
+            ..Default::default()
+        };
+        let h = History::new(cfg, Arc::new(MemoryStore::new(100)));
+        let kept = RoomId::parse("kept").unwrap();
+        let epoch = fill(&h, &kept, 3).await;
+        for i in 0..160 {
+            let room = RoomId::parse(&format!("random-{i}-{}", fastrand::u64(..))).unwrap();
+            h.query(&room, &HistoryQuery::default()).await.unwrap();
+            assert!(h.rooms_in_memory() <= 16, "at most the cap");
+        }
+        assert_eq!(h.rooms_in_memory(), 16, "at the cap");
+        assert!(
+            !h.rooms.for_key(&kept).lock().contains_key(&kept),
+            "the least recently used room was dropped"
+        );
+        assert_eq!(h.cursor(&kept).await.unwrap(), (epoch, 3), "reloaded");
+        assert_eq!(fill(&h, &kept, 2).await, epoch);
+        let p = h.query(&kept, &HistoryQuery::default()).await.unwrap();
+        assert_eq!(seqs(&p), [1, 2, 3, 4, 5]);
+        assert_eq!(h.rooms_in_memory(), 16);
+    }
+
+    #[tokio::test]
+    async fn recently_used_rooms_stay_cached() {
+        let cfg = HistoryConfig {
+            max_rooms: 4,
+            ..Default::default()
+        };
+        let h = History::new(cfg, Arc::new(MemoryStore::new(100)));
+        let hot = RoomId::parse("hot").unwrap();
+        let (epoch, _) = h.cursor(&hot).await.unwrap();
+        for i in 0..40 {
+            h.cursor(&RoomId::parse(&format!("cold-{i}")).unwrap())
+                .await
+                .unwrap();
+            // Touched between every other room: never the least recently used.
+            assert_eq!(h.cursor(&hot).await.unwrap(), (epoch, 0));
+        }
+        assert_eq!(h.rooms_in_memory(), 4);
     }
 }

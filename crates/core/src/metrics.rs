@@ -191,6 +191,12 @@ pub struct Metrics {
     pub ack_failures: Counter,
     pub acks_received: Counter,
     pub critical_sent: Counter,
+    /// Failed attempts to write a group of batches to the message store (each is retried).
+    pub store_write_failures: Counter,
+    /// 1 while the message store cannot write (the last attempt failed), else 0.
+    pub store_write_failing: Gauge,
+    /// Rooms whose history is cached in memory (capped by `history.max_rooms`).
+    pub history_rooms: Gauge,
 }
 
 impl Default for Metrics {
@@ -224,6 +230,9 @@ impl Default for Metrics {
             ack_failures: Counter::default(),
             acks_received: Counter::default(),
             critical_sent: Counter::default(),
+            store_write_failures: Counter::default(),
+            store_write_failing: Gauge::default(),
+            history_rooms: Gauge::default(),
         }
     }
 }
@@ -291,6 +300,18 @@ impl Metrics {
             "roomcast_acks_pending",
             "Critical messages waiting for an ack.",
             self.acks_pending.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_store_write_failing",
+            "1 while the message store cannot write (writes are retried; /readyz fails).",
+            self.store_write_failing.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_history_rooms",
+            "Rooms whose history is cached in memory.",
+            self.history_rooms.get(),
         );
         let counter = |o: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -360,6 +381,12 @@ impl Metrics {
             "roomcast_critical_sent_total",
             "Critical messages written to a user's connections (first sends, resends, login deliveries).",
             self.critical_sent.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_store_write_failures_total",
+            "Failed attempts to write messages to the store (each one is retried with backoff).",
+            self.store_write_failures.get(),
         );
         counter(
             &mut o,

@@ -62,6 +62,9 @@ pub struct InboundMessage {
     pub ts: u64,
     /// JSON text, for non-chat kinds.
     pub payload: Option<String>,
+    /// Published by the outbox relay: the store marks its outbox row sent in the transaction
+    /// that stores it, and a room worker drops a second copy of the same `msg_id`.
+    pub from_outbox: bool,
 }
 
 impl InboundMessage {
@@ -88,6 +91,9 @@ pub struct RoomBatch {
     pub room: RoomId,
     pub epoch: u32,
     pub msgs: Vec<Arc<RoomMsg>>,
+    /// The `msg_id`s of the messages that came from the outbox: a store marks their outbox rows
+    /// sent in the same transaction as the messages (see [`crate::outbox`]). Usually empty.
+    pub outbox_ids: Vec<u64>,
 }
 
 impl RoomBatch {

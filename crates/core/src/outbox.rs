@@ -2,17 +2,29 @@
 //!
 //! A backend that must never lose an event (a paid gift, say) writes a `room_chat_outbox` row in
 //! the same database transaction as its own change — or asks the server API to write it. The
-//! relay publishes pending rows to the bus in id order and marks each one sent afterwards:
+//! relay publishes pending rows to the bus in id order; it never marks a row sent itself:
 //!
-//! - at-least-once: a crash between publishing and marking publishes that row again after the
-//!   restart. The row's `msg_id` is fixed (and stored) before its first publication, so a
-//!   re-published row carries the same `msg_id` and clients drop the duplicate;
-//! - one relay at a time: a relay publishes only while it holds the outbox lease (renewed every
-//!   cycle, taken over when it expires), so two relays never both publish a row;
-//! - nothing lost: a row stays pending until it is marked, across any number of restarts.
+//! - sent means stored: the message store marks a row sent in the same transaction that stores
+//!   its message (the batch names its outbox `msg_id`s, see [`crate::ports::MessageStore`]), so
+//!   a crash anywhere between the relay and the store's commit (bus, room worker, writer queue)
+//!   leaves the row pending, and the next run publishes it again;
+//! - one copy: the row's `msg_id` is fixed (and stored) before its first publication, so a
+//!   re-published row carries the same `msg_id`; a room worker drops a copy it has seen, and the
+//!   store never stores a message whose row is already marked;
+//! - the relay remembers in memory which rows it has in flight and does not publish them again
+//!   each cycle; a row still pending `resend_after` after its publication (its copy was lost,
+//!   or the store is failing) is published again, and so is every pending row after a restart;
+//! - one relay at a time: a relay publishes only while it holds the outbox lease (renewed before
+//!   every row, taken over when it expires), so two relays never both publish a row;
+//! - nothing lost: a row stays pending until its message is stored, across any number of
+//!   restarts. The relay must not mark rows itself: that was the crash window this design
+//!   closes.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use crate::BoxFut;
 use crate::ids::{MsgId, RoomId, UserId};
@@ -62,8 +74,7 @@ pub trait OutboxStore: Send + Sync {
     fn pending(&self, limit: usize) -> BoxFut<'_, Result<Vec<OutboxRow>, StoreError>>;
     /// Records the message id a row will be published with.
     fn assign_msg_id(&self, id: i64, msg_id: u64) -> BoxFut<'_, Result<(), StoreError>>;
-    /// Marks a row published.
-    fn mark_sent(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>>;
+    // No `mark_sent`: the message store marks a row sent in the transaction that stores it.
     /// Marks a row that can never be published (it stays in the table, out of the queue).
     fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>>;
     /// Rows not yet published.
@@ -79,6 +90,8 @@ pub struct RelayConfig {
     pub idle_poll: Duration,
     /// Rows per cycle.
     pub batch: usize,
+    /// A published row still pending after this long is published again (same `msg_id`).
+    pub resend_after: Duration,
 }
 
 impl Default for RelayConfig {
@@ -88,6 +101,7 @@ impl Default for RelayConfig {
             lease_ttl: Duration::from_secs(10),
             idle_poll: Duration::from_millis(100),
             batch: 256,
+            resend_after: Duration::from_secs(30),
         }
     }
 }
@@ -97,7 +111,7 @@ impl Default for RelayConfig {
 pub enum Cycle {
     /// Another relay holds the lease.
     NotLeader,
-    /// Published this many rows (0: nothing pending).
+    /// Published this many rows (0: nothing pending, or every pending row is in flight).
     Published(usize),
 }
 
@@ -108,6 +122,8 @@ pub struct OutboxRelay {
     ingest: Arc<dyn Ingest>,
     next_id: Box<dyn Fn() -> MsgId + Send + Sync>,
     wake: tokio::sync::Notify,
+    /// Rows published and not yet seen stored: row id → when.
+    in_flight: Mutex<HashMap<i64, Instant>>,
 }
 
 impl OutboxRelay {
@@ -124,6 +140,7 @@ impl OutboxRelay {
             ingest,
             next_id: Box::new(next_id),
             wake: tokio::sync::Notify::new(),
+            in_flight: Mutex::new(HashMap::new()),
         }
     }
 
@@ -136,30 +153,58 @@ impl OutboxRelay {
         self.wake.notify_one();
     }
 
-    /// One cycle: lease, then publish pending rows in order, marking each after it is accepted.
-    /// Stops at the first failure (the row stays pending and is retried next cycle).
+    /// Rows published by this relay and not yet stored.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.lock().len()
+    }
+
+    /// One cycle: lease, then publish the pending rows not already in flight, in order. Stops
+    /// at the first failure (the row stays pending and is retried next cycle).
     pub async fn cycle(&self) -> Result<Cycle, StoreError> {
         if !self
             .store
             .acquire_lease(&self.cfg.holder, self.cfg.lease_ttl)
             .await?
         {
+            // Whoever holds the lease publishes; after a takeover, everything is published anew.
+            self.in_flight.lock().clear();
             return Ok(Cycle::NotLeader);
         }
-        let rows = self.store.pending(self.cfg.batch.max(1)).await?;
+        let limit = self.cfg.batch.max(1);
+        let rows = self.store.pending(limit).await?;
+        {
+            // Rows no longer pending were stored (or set aside): forget them. Rows past this
+            // page cannot be judged yet.
+            let beyond = (rows.len() == limit).then(|| rows.last().map_or(i64::MAX, |r| r.id));
+            let ids: std::collections::HashSet<i64> = rows.iter().map(|r| r.id).collect();
+            self.in_flight
+                .lock()
+                .retain(|id, _| ids.contains(id) || beyond.is_some_and(|last| *id > last));
+        }
         let mut done = 0;
-        for (i, row) in rows.into_iter().enumerate() {
+        let mut first = true;
+        for row in rows {
+            let id = row.id;
+            let due = self
+                .in_flight
+                .lock()
+                .get(&id)
+                .is_none_or(|at| at.elapsed() >= self.cfg.resend_after);
+            if !due {
+                continue;
+            }
             // Still ours? (Renewed before every row, so a relay that stalled past its lease
             // stops instead of publishing alongside its successor.)
-            if i > 0
+            if !first
                 && !self
                     .store
                     .acquire_lease(&self.cfg.holder, self.cfg.lease_ttl)
                     .await?
             {
+                self.in_flight.lock().clear();
                 break;
             }
-            let id = row.id;
+            first = false;
             let msg_id = match row.msg_id {
                 Some(m) => MsgId(m),
                 None => {
@@ -180,7 +225,10 @@ impl OutboxRelay {
                 msg_id: Some(msg_id),
             };
             match self.ingest.submit(req).await {
-                Ok(_) => self.store.mark_sent(id).await?,
+                // In flight until the store marks it sent (with its message, one transaction).
+                Ok(_) => {
+                    self.in_flight.lock().insert(id, Instant::now());
+                }
                 Err(IngestError::Unavailable(why)) => {
                     tracing::warn!(row = id, error = %why, "outbox: bus unavailable; will retry");
                     break;

@@ -95,6 +95,12 @@ pub struct StoredRoom {
 }
 
 /// `room_chat_message` and the per-room stream position.
+///
+/// Durability contract (every adapter): a batch is written in one transaction with the room's
+/// position; a batch with no messages records a new epoch (`last_seq` 0); a store that holds the
+/// outbox marks the rows of the batch's `outbox_ids` sent in that same transaction and never
+/// stores a message whose outbox row is already marked (a re-published copy); a write that fails
+/// is retried, never dropped while the process lives.
 pub trait MessageStore: Send + Sync {
     /// Queues a batch for writing (in order per room). Returns once it is queued, which may wait
     /// when the store falls behind.
@@ -112,6 +118,11 @@ pub trait MessageStore: Send + Sync {
     fn previous_shutdown_clean(&self) -> bool;
     /// Flushes and records a clean shutdown.
     fn close(&self) -> BoxFut<'_, Result<(), StoreError>>;
+    /// Why the store cannot write right now (its writes are being retried), or `None` while it
+    /// writes normally. `/readyz` fails while this is `Some`.
+    fn write_error(&self) -> Option<String> {
+        None
+    }
 }
 
 // ---- limits and moderation ---------------------------------------------------------------------

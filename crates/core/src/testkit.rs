@@ -30,6 +30,7 @@ pub fn batch(room: &str, epoch: u32, seqs: RangeInclusive<u64>) -> RoomBatch {
                 })
             })
             .collect(),
+        outbox_ids: Vec::new(),
     }
 }
 
@@ -89,6 +90,25 @@ pub async fn message_store_suite(store: &dyn MessageStore) {
         .expect("known room");
     assert_eq!((room.epoch, room.last_seq), (4, 1));
     assert_eq!(room.recent.last().map(|m| m.epoch), Some(4));
+
+    // A batch with no messages records a fresh epoch (how `History` persists one at once).
+    store
+        .append(Arc::new(RoomBatch {
+            room: b.clone(),
+            epoch: 5,
+            msgs: Vec::new(),
+            outbox_ids: Vec::new(),
+        }))
+        .await
+        .expect("append");
+    store.flush().await.expect("flush");
+    let room = store
+        .load_room(&b, 100)
+        .await
+        .expect("load")
+        .expect("known room");
+    assert_eq!((room.epoch, room.last_seq), (5, 0));
+    assert_eq!(room.recent.len(), 3, "older messages stay");
 }
 
 /// What every [`crate::ports::AckStore`] must do.

@@ -27,10 +27,16 @@ use crate::ports::{BusConsumer, BusError, Delivery, RouteTable};
 /// Room state kept by a worker; dropped after this long without messages.
 const ROOM_IDLE_EVICT: Duration = Duration::from_secs(300);
 
+/// Outbox message ids a worker remembers, to drop a second copy the relay re-published while
+/// the first was still on its way to the store.
+const OUTBOX_IDS_KEPT: usize = 65_536;
+
 struct RoomState {
     epoch: u32,
     next_seq: u64,
     pending: Vec<Arc<RoomMsg>>,
+    /// `msg_id`s of the pending messages that came from the outbox.
+    pending_outbox: Vec<u64>,
     last_flush: Option<Instant>,
     due: Option<Instant>,
     touched: Instant,
@@ -52,6 +58,25 @@ struct Rooms {
     timers: BinaryHeap<Reverse<(Instant, RoomId)>>,
     flush_now: Vec<RoomId>,
     last_evict: Option<Instant>,
+    /// Recent outbox `msg_id`s (set + insertion order, bounded by [`OUTBOX_IDS_KEPT`]).
+    outbox_seen: std::collections::HashSet<u64>,
+    outbox_order: std::collections::VecDeque<u64>,
+}
+
+impl Rooms {
+    /// False when this outbox message was seen already (a re-published copy).
+    fn first_outbox_copy(&mut self, msg_id: u64) -> bool {
+        if !self.outbox_seen.insert(msg_id) {
+            return false;
+        }
+        self.outbox_order.push_back(msg_id);
+        if self.outbox_order.len() > OUTBOX_IDS_KEPT
+            && let Some(old) = self.outbox_order.pop_front()
+        {
+            self.outbox_seen.remove(&old);
+        }
+        true
+    }
 }
 
 impl RoomWorker {
@@ -155,6 +180,10 @@ impl RoomWorker {
 
     async fn accept(&self, msg: InboundMessage, rooms: &mut Rooms) {
         let now = Instant::now();
+        if msg.from_outbox && !rooms.first_outbox_copy(msg.msg_id.0) {
+            tracing::debug!(room = %msg.room, msg_id = msg.msg_id.0, "outbox message seen already; dropped");
+            return;
+        }
         if !rooms.state.contains_key(&msg.room) {
             let (epoch, last_seq) = match self.history.cursor(&msg.room).await {
                 Ok(c) => c,
@@ -170,6 +199,7 @@ impl RoomWorker {
                     epoch,
                     next_seq: last_seq + 1,
                     pending: Vec::new(),
+                    pending_outbox: Vec::new(),
                     last_flush: None,
                     due: None,
                     touched: now,
@@ -182,6 +212,9 @@ impl RoomWorker {
         let seq = st.next_seq;
         st.next_seq += 1;
         st.touched = now;
+        if msg.from_outbox {
+            st.pending_outbox.push(msg.msg_id.0);
+        }
         st.pending.push(Arc::new(msg.sequenced(st.epoch, seq)));
         if st.pending.len() >= self.cfg.batch_max.max(1) {
             self.flush(&msg.room, rooms).await;
@@ -241,6 +274,7 @@ impl RoomWorker {
             room: room.clone(),
             epoch: st.epoch,
             msgs: std::mem::take(&mut st.pending),
+            outbox_ids: std::mem::take(&mut st.pending_outbox),
         });
         self.metrics.batches.inc();
         self.metrics.batch_size.observe(batch.msgs.len() as f64);
@@ -297,6 +331,7 @@ mod tests {
             kind: MsgKind::Chat,
             ts: crate::clock::now_ms(),
             payload: None,
+            from_outbox: false,
         }
     }
 
@@ -493,5 +528,35 @@ mod tests {
         s.task.await.unwrap();
         let (_, b) = s.rx.recv().await.unwrap();
         assert_eq!(b.msgs[0].seq, 2);
+    }
+
+    /// The relay re-publishes an outbox row whose first copy is still on its way: the room gets
+    /// it once, and the batch names it for the store.
+    #[tokio::test(start_paused = true)]
+    async fn a_second_copy_of_an_outbox_message_is_dropped() {
+        let cfg = WorkerConfig {
+            batch_window_ms: 20,
+            batch_max: 100,
+            ..Default::default()
+        };
+        let mut s = setup(cfg, &[("r", "n1")]).await;
+        let gift = InboundMessage {
+            from_outbox: true,
+            ..msg("r", 7)
+        };
+        s.bus.publish(gift.clone()).await.unwrap();
+        let (_, b) = s.rx.recv().await.unwrap();
+        assert_eq!(b.outbox_ids, [7]);
+        s.bus.publish(gift).await.unwrap();
+        s.bus.publish(msg("r", 8)).await.unwrap();
+        let (_, b) = s.rx.recv().await.unwrap();
+        assert_eq!(
+            b.msgs.iter().map(|m| (m.msg_id, m.seq)).collect::<Vec<_>>(),
+            [(8, 2)],
+            "the copy is dropped and takes no seq"
+        );
+        assert!(b.outbox_ids.is_empty());
+        s.bus.close();
+        s.task.await.unwrap();
     }
 }

@@ -88,6 +88,7 @@ pub async fn start_with_handlers(
                 .then(|| Duration::from_secs(config.store.retention_days as u64 * 86_400));
             let opts = SqliteOptions {
                 retention,
+                metrics: metrics.clone(),
                 ..SqliteOptions::default()
             };
             Arc::new(
@@ -195,7 +196,12 @@ pub async fn start_with_handlers(
     );
     {
         // Housekeeping of the in-memory adapters.
-        let (presence, limiter, history) = (presence.clone(), limiter.clone(), history.clone());
+        let (presence, limiter, history, metrics) = (
+            presence.clone(),
+            limiter.clone(),
+            history.clone(),
+            metrics.clone(),
+        );
         let max_idle = Duration::from_secs_f64(
             [config.ingest.user_limit, config.ingest.room_limit]
                 .iter()
@@ -218,6 +224,7 @@ pub async fn start_with_handlers(
                         presence.sweep();
                         limiter.sweep(max_idle);
                         history.evict_idle();
+                        metrics.history_rooms.set(history.rooms_in_memory() as i64);
                     }
                 }
             }
@@ -230,9 +237,14 @@ pub async fn start_with_handlers(
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ready = {
         let shutting_down = shutting_down.clone();
+        let store = store.clone();
         Arc::new(move || {
             if shutting_down.load(Ordering::Relaxed) {
                 Err("shutting down".to_owned())
+            } else if let Some(why) = store.write_error() {
+                // Messages still flow (and wait in the store's queue), but nothing new is
+                // durable: the load balancer should send new clients elsewhere.
+                Err(format!("message store cannot write: {why}"))
             } else {
                 Ok(())
             }

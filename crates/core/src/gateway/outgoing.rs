@@ -119,6 +119,7 @@ mod tests {
                     })
                 })
                 .collect(),
+            outbox_ids: Vec::new(),
         })
     }
 

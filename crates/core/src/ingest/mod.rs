@@ -40,7 +40,8 @@ pub struct ChatRequest {
     /// From the server API: no rate limits, no word filter.
     pub trusted: bool,
     /// An id chosen beforehand (trusted sources only: the outbox relay, so that a row published
-    /// twice carries the same id both times). `None`: ingest assigns one.
+    /// twice carries the same id both times; such a message counts as from the outbox).
+    /// `None`: ingest assigns one.
     pub msg_id: Option<MsgId>,
 }
 
@@ -230,9 +231,9 @@ impl IngestService {
             }
         }
 
-        let msg_id = match req.msg_id {
-            Some(id) if req.trusted => id,
-            _ => self.ids.next(),
+        let (msg_id, from_outbox) = match req.msg_id {
+            Some(id) if req.trusted => (id, true),
+            _ => (self.ids.next(), false),
         };
         let msg = InboundMessage {
             room: req.room,
@@ -243,6 +244,7 @@ impl IngestService {
             kind: req.kind,
             ts: now_ms(),
             payload: req.payload,
+            from_outbox,
         };
         self.bus.publish(msg).await.map_err(|e| match e {
             BusError::Closed => IngestError::Unavailable("server is shutting down".into()),

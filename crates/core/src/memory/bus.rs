@@ -109,6 +109,7 @@ mod tests {
             kind: MsgKind::Chat,
             ts: 0,
             payload: None,
+            from_outbox: false,
         }
     }
 

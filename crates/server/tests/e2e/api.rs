@@ -454,7 +454,15 @@ async fn outbox_rows_reach_the_room_whether_written_by_the_api_or_by_the_backend
         .unwrap();
     let m = viewer.expect("room_msg").await.body;
     assert_eq!(m["text"], "fan followed");
-    assert_eq!(backend.pending_count().await.unwrap(), 0);
+    // Marked sent by the store's writer, in the transaction that stores the message.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while backend.pending_count().await.unwrap() != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "rows never marked sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 
     let (status, reply) = api(&s, "POST", "/outbox", Some(json!({"room_id": "paid"}))).await;
     assert_eq!(status, 400);

@@ -13,5 +13,6 @@ mod malformed;
 mod rooms;
 mod session;
 mod slow;
+mod store;
 mod web;
 mod wire;
