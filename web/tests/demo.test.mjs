@@ -302,6 +302,8 @@ test("logout leaves the room at once and does not reconnect", async () => {
   // An absence can only be shown by waiting: five times the longest backoff.
   await page.evaluate(() => new Promise((r) => setTimeout(r, 500)));
   assert.equal(await page.evaluate(() => window.opens), opensBefore, "no reconnect after logout");
+  await ctx.close();
+});
 
 test("a re-join that cannot recover adopts the server's epoch and position", async () => {
   const ctx = await browser.newContext();
