@@ -501,10 +501,12 @@ fn binary_packets_with_bodies() {
     fuzzkit::run(
         "binary_packets_with_bodies",
         &seeds,
+        // Each packet's body decodes into owned strings and vectors (each up to its body's
+        // size, plus the growth of a `Vec`): linear in the input, with a constant per packet.
         Bound {
             base: 256,
-            per_byte: 4,
-            cap: 4 * MAX_BODY + 256,
+            per_byte: 16,
+            cap: 16 * MAX_FRAME,
         },
         |input, rng| {
             let format = if rng.bool() {
