@@ -169,12 +169,31 @@ mod tests {
         assert!(UserId::parse("Алиса 42").is_ok());
         assert!(UserId::parse("a\nb").is_err());
         assert!(UserId::parse("").is_err());
-        for bad in ["ali\u{202E}ce", "a\u{2066}b", "ad\u{200B}min", "a\u{200D}b", "\u{FEFF}a", "a\u{2060}"] {
+        for bad in [
+            "ali\u{202E}ce",
+            "a\u{2066}b",
+            "ad\u{200B}min",
+            "a\u{200D}b",
+            "\u{FEFF}a",
+            "a\u{2060}",
+        ] {
             let e = UserId::parse(bad).unwrap_err();
-            assert!(matches!(e, IdError::BadChar { what: "user id", .. }), "{bad:?}: {e}");
+            assert!(
+                matches!(
+                    e,
+                    IdError::BadChar {
+                        what: "user id",
+                        ..
+                    }
+                ),
+                "{bad:?}: {e}"
+            );
             assert!(e.to_string().contains("zero-width"), "{e}");
         }
         assert!(UserId::parse(&"é".repeat(64)).is_ok());
-        assert!(UserId::parse(&"é".repeat(65)).is_err(), "the limit is in bytes");
+        assert!(
+            UserId::parse(&"é".repeat(65)).is_err(),
+            "the limit is in bytes"
+        );
     }
 }

@@ -41,7 +41,10 @@ pub fn check_name(name: &str) -> Result<&str, String> {
     if name.chars().count() > NAME_MAX_CHARS {
         return Err(format!("at most {NAME_MAX_CHARS} characters"));
     }
-    if let Some((c, what)) = name.chars().find_map(|c| refused_in_name(c).map(|w| (c, w))) {
+    if let Some((c, what)) = name
+        .chars()
+        .find_map(|c| refused_in_name(c).map(|w| (c, w)))
+    {
         return Err(format!("contains the {what} U+{:04X}", c as u32));
     }
     Ok(name)
@@ -71,10 +74,21 @@ mod tests {
     fn names() {
         assert_eq!(check_name("  Alice  "), Ok("Alice"));
         assert_eq!(check_name("Алиса 👋"), Ok("Алиса 👋"));
-        assert_eq!(check_name(&"x".repeat(NAME_MAX_CHARS)).map(str::len), Ok(32));
+        assert_eq!(
+            check_name(&"x".repeat(NAME_MAX_CHARS)).map(str::len),
+            Ok(32)
+        );
         assert!(check_name("  ").unwrap_err().contains("empty"));
-        assert!(check_name(&"x".repeat(33)).unwrap_err().contains("at most 32"));
-        assert!(check_name("a\u{7}").unwrap_err().contains("control character U+0007"));
+        assert!(
+            check_name(&"x".repeat(33))
+                .unwrap_err()
+                .contains("at most 32")
+        );
+        assert!(
+            check_name("a\u{7}")
+                .unwrap_err()
+                .contains("control character U+0007")
+        );
         assert!(
             check_name("evil\u{202E}gnp.exe")
                 .unwrap_err()
