@@ -410,7 +410,7 @@ fn probe(alg: TokenAlg, key: &DecodingKey) -> Result<(), String> {
 }
 
 /// The error for a header `jsonwebtoken` could not read: an algorithm it does not know (such as
-/// `none`) is reported by name, anything else as malformed.
+/// `none`) is reported by name, anything else (a `kid` that is not a string, …) as malformed.
 fn header_error(token: &str) -> AuthError {
     if token.split('.').count() != 3 {
         return AuthError::Malformed("expected three dot-separated parts");
@@ -421,7 +421,10 @@ fn header_error(token: &str) -> AuthError {
     };
     match serde_json::from_slice::<Value>(&bytes) {
         Ok(v) => match v.get("alg").and_then(Value::as_str) {
-            Some(alg) => AuthError::UnsupportedAlg(alg.to_owned()),
+            Some(alg) if Algorithm::from_str(alg).is_err() => {
+                AuthError::UnsupportedAlg(alg.to_owned())
+            }
+            Some(_) => AuthError::Malformed("header is not a valid JWT header"),
             None => AuthError::Malformed("header has no alg"),
         },
         Err(_) => AuthError::Malformed("header is not JSON"),

@@ -221,6 +221,11 @@ fn garbage_is_malformed() {
         a.verify(&not_json, NOW),
         Err(AuthError::Malformed("header is not JSON"))
     );
+    let bad_kid = unsigned(r#"{"alg":"HS256","kid":5}"#, &claims(), "x");
+    assert_eq!(
+        a.verify(&bad_kid, NOW),
+        Err(AuthError::Malformed("header is not a valid JWT header"))
+    );
     // A good header over claims that are not an object.
     let t = sign(Algorithm::HS256, None, &json!([1, 2]));
     assert_eq!(
