@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PORT=${PORT:-38080}
 URL="ws://127.0.0.1:$PORT/ws"
 OUT=${OUT:-docs/bench}
-SECRET=benchsecret
+SECRET=benchsecret-benchsecret-benchsecret
 BENCH=target/release/roomcast-bench
 SERVER_PID=
 DATA=$(mktemp -d)

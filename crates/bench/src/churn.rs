@@ -60,7 +60,7 @@ pub async fn run(a: ChurnArgs) -> anyhow::Result<Report> {
     } else {
         Wire::JsonBinary
     };
-    let tokens = Arc::new(Tokens::new(&a.secret));
+    let tokens = Arc::new(Tokens::new(&a.secret)?);
     let run = format!("{:08x}", fastrand::u32(..));
     let hist = Arc::new(Mutex::new(hdrhistogram::Histogram::<u64>::new_with_bounds(
         1,

@@ -64,13 +64,18 @@ impl SubPlan {
 pub struct Tokens(JwtAuth);
 
 impl Tokens {
-    pub fn new(secret: &str) -> Tokens {
-        Tokens(JwtAuth::new(secret.as_bytes()))
+    /// Refuses a secret the server would refuse (shorter than 32 bytes).
+    pub fn new(secret: &str) -> anyhow::Result<Tokens> {
+        Ok(Tokens(
+            JwtAuth::hs256(secret.as_bytes()).context("--secret (ROOMCAST_JWT_SECRET)")?,
+        ))
     }
 
     pub fn token(&self, user: &str) -> String {
         let user = UserId::parse(user).expect("valid bench user id");
-        self.0.issue(&user, None, now_s() + 24 * 3600)
+        self.0
+            .issue(&user, None, now_s() + 24 * 3600)
+            .expect("an HS256 verifier signs")
     }
 }
 
@@ -88,7 +93,7 @@ pub async fn start_subscribers(
     progress: Option<&indicatif::ProgressBar>,
 ) -> anyhow::Result<Subscribers> {
     let recorder = Recorder::new();
-    let tokens = Arc::new(Tokens::new(&plan.secret));
+    let tokens = Arc::new(Tokens::new(&plan.secret)?);
     let urls: Vec<WsUrl> = plan
         .urls
         .iter()
@@ -609,7 +614,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         .collect();
 
     // Publishers: each joins the rooms it writes to.
-    let tokens = Tokens::new(&a.secret);
+    let tokens = Tokens::new(&a.secret)?;
     let accepted = Arc::new(Accepted {
         per_room: (0..a.rooms).map(|_| AtomicU64::new(0)).collect(),
         rejected: AtomicU64::new(0),

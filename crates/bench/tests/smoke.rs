@@ -10,7 +10,7 @@ use roomcast_server::app::start;
 use roomcast_server::config::Config;
 use serde_json::Value;
 
-const SECRET: &str = "bench-smoke-secret";
+const SECRET: &str = "bench-smoke-secret-bench-smoke-secret";
 
 fn config(dir: &Path) -> Config {
     let mut c = Config {

@@ -55,7 +55,8 @@ str_id!(
     RoomId
 );
 str_id!(
-    /// A user, as the token's `sub` claim says: 1–128 bytes, no control characters.
+    /// A user, as the token's `sub` claim says: 1–128 bytes, no control, direction-override or
+    /// zero-width characters ([`crate::text::refused_in_name`]).
     UserId
 );
 str_id!(
@@ -103,11 +104,14 @@ impl UserId {
                 max: USER_ID_MAX,
             });
         }
-        if let Some(c) = s.chars().find(|c| c.is_control()) {
+        if let Some(c) = s
+            .chars()
+            .find(|&c| crate::text::refused_in_name(c).is_some())
+        {
             return Err(IdError::BadChar {
                 what: "user id",
                 found: c,
-                allowed: "any character but control characters",
+                allowed: "any character but control, direction-override and zero-width characters",
             });
         }
         Ok(UserId(s.into()))
@@ -165,5 +169,31 @@ mod tests {
         assert!(UserId::parse("Алиса 42").is_ok());
         assert!(UserId::parse("a\nb").is_err());
         assert!(UserId::parse("").is_err());
+        for bad in [
+            "ali\u{202E}ce",
+            "a\u{2066}b",
+            "ad\u{200B}min",
+            "a\u{200D}b",
+            "\u{FEFF}a",
+            "a\u{2060}",
+        ] {
+            let e = UserId::parse(bad).unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    IdError::BadChar {
+                        what: "user id",
+                        ..
+                    }
+                ),
+                "{bad:?}: {e}"
+            );
+            assert!(e.to_string().contains("zero-width"), "{e}");
+        }
+        assert!(UserId::parse(&"é".repeat(64)).is_ok());
+        assert!(
+            UserId::parse(&"é".repeat(65)).is_err(),
+            "the limit is in bytes"
+        );
     }
 }

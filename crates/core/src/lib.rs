@@ -22,6 +22,7 @@ pub mod ports;
 pub mod shard;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+pub mod text;
 pub mod worker;
 
 /// A boxed future, the return type of port methods (object-safe async).

@@ -16,7 +16,6 @@ use anyhow::Context;
 use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
 use roomcast_backends::sqlite_acks::SqliteAckStore;
 use roomcast_backends::sqlite_outbox::SqliteOutbox;
-use roomcast_core::auth::JwtAuth;
 use roomcast_core::gateway::limits::Bucket;
 use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, LocalDelivery};
 use roomcast_core::history::History;
@@ -37,7 +36,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, StoreUrl};
 use crate::http::{self, HttpState};
-use crate::secret;
+use crate::{keys, secret};
 
 /// A started server.
 pub struct Running {
@@ -75,11 +74,11 @@ pub async fn start_with_handlers(
 ) -> anyhow::Result<Running> {
     config.validate()?;
     let metrics = Arc::new(Metrics::default());
-    let secret = match &config.auth.jwt_secret {
-        Some(s) if !s.is_empty() => s.clone().into_bytes(),
-        _ => secret::load_or_create(&config.data_dir)?,
-    };
-    let auth = Arc::new(JwtAuth::new(&secret));
+    let auth = Arc::new(keys::token_auth(&config.auth, &config.data_dir)?);
+    tracing::info!(keys = %auth.describe(), "client tokens verified with");
+    if config.dev.endpoints_on(config.listen) && !auth.can_sign() {
+        tracing::warn!("the dev endpoints are on, but /dev/token cannot sign with public keys");
+    }
 
     let store: Arc<dyn MessageStore> = match config.store_url()? {
         StoreUrl::Memory => Arc::new(MemoryStore::new(config.history.max_count)),

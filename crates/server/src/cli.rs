@@ -6,12 +6,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use roomcast_core::auth::JwtAuth;
 use roomcast_core::clock::now_s;
 use roomcast_core::ids::UserId;
 
+use crate::app;
 use crate::config::{Config, LogFormat};
-use crate::{app, secret};
 
 #[derive(Parser)]
 #[command(
@@ -59,7 +58,8 @@ struct TokenArgs {
     /// Data directory holding the generated secret [default: ./data]
     #[arg(long)]
     data_dir: Option<PathBuf>,
-    /// TOML config file (its `[auth] jwt_secret` wins over the data directory)
+    /// TOML config file (its `[auth] jwt_secret` wins over the data directory; with public keys
+    /// in `[auth]` there is nothing to sign with)
     #[arg(long, env = "ROOMCAST_CONFIG")]
     config: Option<PathBuf>,
 }
@@ -110,10 +110,7 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     let user = UserId::parse(&args.user).context("--user")?;
-    let secret = match &config.auth.jwt_secret {
-        Some(s) if !s.is_empty() => s.clone().into_bytes(),
-        _ => secret::load_or_create(&config.data_dir)?,
-    };
+    let auth = crate::keys::token_auth(&config.auth, &config.data_dir)?;
     let ttl = std::time::Duration::from(args.ttl).as_secs();
     if ttl == 0 {
         anyhow::bail!("--ttl must be at least one second");
@@ -122,7 +119,9 @@ fn token(args: TokenArgs) -> anyhow::Result<()> {
         Some(n) => Some(crate::web::check_name(n).map_err(|m| anyhow::anyhow!("--{m}"))?),
         None => None,
     };
-    let token = JwtAuth::new(&secret).issue(&user, name, now_s() + ttl);
+    let token = auth
+        .issue(&user, name, now_s() + ttl)
+        .context("roomcast token signs HS256 tokens only")?;
     println!("{token}");
     Ok(())
 }

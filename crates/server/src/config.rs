@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
+use roomcast_core::auth::{HS256_MIN_SECRET_BYTES, TokenAlg};
 use roomcast_core::config::{
     GatewayConfig, HistoryConfig, IngestConfig, LimitConfig, WorkerConfig,
 };
@@ -50,11 +51,73 @@ pub enum LogFormat {
     Json,
 }
 
+/// How client tokens are verified: exactly one key source — an HS256 secret (the default), one
+/// RS256/ES256 public key file, or a JWKS file — and optional `aud`/`iss` checks.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
-    /// HS256 secret for client tokens. Unset: standalone generates one in `data_dir/jwt_secret`.
+    /// HS256 secret for client tokens, at least 32 bytes. Unset: standalone generates one in
+    /// `data_dir/jwt_secret`.
     pub jwt_secret: Option<String>,
+    /// `HS256` (default), `RS256` or `ES256`: the algorithm tokens must be signed with;
+    /// RS256 and ES256 need `public_key_file`.
+    pub algorithm: Option<TokenAlg>,
+    /// PEM public key (`BEGIN PUBLIC KEY`) that verifies RS256 or ES256 tokens.
+    pub public_key_file: Option<PathBuf>,
+    /// JSON Web Key Set; tokens choose the key by `kid`, each key verifies only its own algorithm.
+    pub jwks_file: Option<PathBuf>,
+    /// When set, a token's `aud` must be (or contain) this value.
+    pub audience: Option<String>,
+    /// When set, a token's `iss` must equal this value.
+    pub issuer: Option<String>,
+}
+
+impl AuthConfig {
+    fn validate(&self) -> anyhow::Result<()> {
+        let secret = self.jwt_secret.as_deref().filter(|s| !s.is_empty());
+        if self.jwks_file.is_some() {
+            if self.algorithm.is_some() || self.public_key_file.is_some() || secret.is_some() {
+                bail!(
+                    "auth.jwks_file is set: leave auth.algorithm, auth.public_key_file and auth.jwt_secret unset (each key in the set has its own algorithm)"
+                );
+            }
+        } else {
+            match (
+                self.algorithm.unwrap_or(TokenAlg::HS256),
+                &self.public_key_file,
+            ) {
+                (TokenAlg::HS256, Some(_)) => bail!(
+                    "auth.public_key_file needs auth.algorithm = \"RS256\" or \"ES256\" (the key's algorithm)"
+                ),
+                (alg @ (TokenAlg::RS256 | TokenAlg::ES256), None) => {
+                    bail!(
+                        "auth.algorithm = \"{alg}\" needs auth.public_key_file (a PEM public key)"
+                    )
+                }
+                (alg @ (TokenAlg::RS256 | TokenAlg::ES256), Some(_)) if secret.is_some() => bail!(
+                    "auth.jwt_secret is set but auth.algorithm is \"{alg}\": the secret is only for HS256 (unset ROOMCAST_JWT_SECRET too)"
+                ),
+                _ => {}
+            }
+        }
+        if let Some(s) = secret
+            && s.len() < HS256_MIN_SECRET_BYTES
+        {
+            bail!(
+                "auth.jwt_secret must be at least {HS256_MIN_SECRET_BYTES} bytes (it is {}); generate one with: openssl rand -hex 32",
+                s.len()
+            );
+        }
+        for (key, v) in [
+            ("auth.audience", &self.audience),
+            ("auth.issuer", &self.issuer),
+        ] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                bail!("{key} must not be empty (leave it unset to skip the check)");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The server API (`/api/v1`).
@@ -255,6 +318,7 @@ impl Config {
 
     /// Refuses values the server cannot run with, naming the key (also called by `app::start`).
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.auth.validate()?;
         let g = &self.gateway;
         if g.max_body_bytes == 0 || g.max_frame_bytes < g.max_body_bytes {
             bail!(
@@ -335,6 +399,11 @@ impl Config {
 /// Keys whose environment values are never parsed as TOML.
 const STRING_KEYS: &[&str] = &[
     "auth.jwt_secret",
+    "auth.algorithm",
+    "auth.public_key_file",
+    "auth.jwks_file",
+    "auth.audience",
+    "auth.issuer",
     "node_id",
     "data_dir",
     "listen",
@@ -403,7 +472,7 @@ mod tests {
             Some(&file),
             env(&[
                 ("ROOMCAST_GATEWAY__HEARTBEAT_S", "7"),
-                ("ROOMCAST_JWT_SECRET", "s3cret"),
+                ("ROOMCAST_JWT_SECRET", "s3cret-s3cret-s3cret-s3cret-s3cret"),
                 ("ROOMCAST_STORE__URL", "memory://"),
                 ("ROOMCAST_LOG", "debug"),
                 ("OTHER", "x"),
@@ -413,7 +482,10 @@ mod tests {
         assert_eq!(c.listen.port(), 9000);
         assert_eq!(c.gateway.heartbeat_s, 7);
         assert_eq!(c.ingest.user_limit.rate, 1.5);
-        assert_eq!(c.auth.jwt_secret.as_deref(), Some("s3cret"));
+        assert_eq!(
+            c.auth.jwt_secret.as_deref(),
+            Some("s3cret-s3cret-s3cret-s3cret-s3cret")
+        );
         assert_eq!(c.store_url().unwrap(), StoreUrl::Memory);
     }
 
@@ -436,13 +508,89 @@ mod tests {
         let c = Config::load_with_env(
             None,
             env(&[
-                ("ROOMCAST_JWT_SECRET", "1234567890"),
+                ("ROOMCAST_JWT_SECRET", "12345678901234567890123456789012"),
                 ("ROOMCAST_NODE_ID", "7"),
             ]),
         )
         .unwrap();
-        assert_eq!(c.auth.jwt_secret.as_deref(), Some("1234567890"));
+        assert_eq!(
+            c.auth.jwt_secret.as_deref(),
+            Some("12345678901234567890123456789012")
+        );
         assert_eq!(c.node_id(), "7");
+    }
+
+    #[test]
+    fn auth_settings_from_the_environment() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("ROOMCAST_AUTH__ALGORITHM", "ES256"),
+                ("ROOMCAST_AUTH__PUBLIC_KEY_FILE", "/etc/roomcast/es256.pem"),
+                ("ROOMCAST_AUTH__AUDIENCE", "12345"),
+                ("ROOMCAST_AUTH__ISSUER", "https://auth.example"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.auth.algorithm, Some(TokenAlg::ES256));
+        assert_eq!(
+            c.auth.public_key_file.as_deref(),
+            Some(Path::new("/etc/roomcast/es256.pem"))
+        );
+        assert_eq!(
+            c.auth.audience.as_deref(),
+            Some("12345"),
+            "digits stay text"
+        );
+        assert_eq!(c.auth.issuer.as_deref(), Some("https://auth.example"));
+        let c =
+            Config::load_with_env(None, env(&[("ROOMCAST_AUTH__JWKS_FILE", "keys.json")])).unwrap();
+        assert_eq!(c.auth.jwks_file.as_deref(), Some(Path::new("keys.json")));
+    }
+
+    #[test]
+    fn auth_settings_are_checked_with_the_key_named() {
+        let err = |pairs: &[(&str, &str)]| {
+            format!("{:#}", Config::load_with_env(None, env(pairs)).unwrap_err())
+        };
+        let e = err(&[("ROOMCAST_JWT_SECRET", "0123456789abcdef0123456789abcde")]);
+        assert!(
+            e.contains("auth.jwt_secret must be at least 32 bytes (it is 31)"),
+            "{e}"
+        );
+        let e = err(&[("ROOMCAST_AUTH__JWT_SECRET", "short")]);
+        assert!(
+            e.contains("auth.jwt_secret must be at least 32 bytes"),
+            "{e}"
+        );
+        let e = err(&[("ROOMCAST_AUTH__ALGORITHM", "RS512")]);
+        assert!(e.contains("auth.algorithm") && e.contains("RS512"), "{e}");
+        let e = err(&[("ROOMCAST_AUTH__ALGORITHM", "none")]);
+        assert!(e.contains("auth.algorithm"), "{e}");
+        let e = err(&[("ROOMCAST_AUTH__ALGORITHM", "RS256")]);
+        assert!(e.contains("needs auth.public_key_file"), "{e}");
+        let e = err(&[("ROOMCAST_AUTH__PUBLIC_KEY_FILE", "k.pem")]);
+        assert!(
+            e.contains("auth.public_key_file needs auth.algorithm"),
+            "{e}"
+        );
+        let e = err(&[
+            ("ROOMCAST_AUTH__ALGORITHM", "ES256"),
+            ("ROOMCAST_AUTH__PUBLIC_KEY_FILE", "k.pem"),
+            ("ROOMCAST_JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+        ]);
+        assert!(e.contains("auth.jwt_secret is set"), "{e}");
+        let e = err(&[
+            ("ROOMCAST_AUTH__JWKS_FILE", "keys.json"),
+            ("ROOMCAST_AUTH__ALGORITHM", "ES256"),
+        ]);
+        assert!(e.contains("auth.jwks_file is set"), "{e}");
+        let e = err(&[("ROOMCAST_AUTH__AUDIENCE", " ")]);
+        assert!(e.contains("auth.audience must not be empty"), "{e}");
+        // Exactly 32 bytes is enough; an empty secret means "use the data directory's".
+        for ok in ["0123456789abcdef0123456789abcdef", ""] {
+            assert!(Config::load_with_env(None, env(&[("ROOMCAST_JWT_SECRET", ok)])).is_ok());
+        }
     }
 
     #[test]

@@ -29,7 +29,7 @@ const CLIENT_JS: &str = include_str!("../../../web/roomcast.js");
 const CLIENT_DTS: &str = include_str!("../../../web/roomcast.d.ts");
 
 /// Longest nickname (the token's `name` claim has the same limit).
-pub const NAME_MAX_CHARS: usize = 32;
+pub use roomcast_core::text::NAME_MAX_CHARS;
 
 /// Static pages and, when enabled, the dev endpoints.
 pub fn routes(dev: bool) -> Router<Arc<HttpState>> {
@@ -74,19 +74,11 @@ fn bad_json(e: JsonRejection) -> Response {
     error_response(StatusCode::BAD_REQUEST, "bad_request", e.body_text())
 }
 
-/// Checks a nickname: 1–32 characters, no control characters, not only spaces.
+/// Checks a nickname with the rules a token's `name` follows ([`roomcast_core::text::check_name`]:
+/// trimmed, 1–32 characters, no control, direction-override or zero-width characters); the
+/// error starts with `name: `.
 pub fn check_name(name: &str) -> Result<&str, String> {
-    let name = name.trim();
-    if name.is_empty() {
-        return Err("name: must not be empty".into());
-    }
-    if name.chars().count() > NAME_MAX_CHARS {
-        return Err(format!("name: at most {NAME_MAX_CHARS} characters"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err("name: control characters are not allowed".into());
-    }
-    Ok(name)
+    roomcast_core::text::check_name(name).map_err(|e| format!("name: {e}"))
 }
 
 #[derive(Deserialize)]
@@ -123,7 +115,12 @@ async fn dev_token(
         return error_response(StatusCode::INTERNAL_SERVER_ERROR, "internal", "bad user id");
     };
     let exp = now_s() + s.dev_token_ttl_s;
-    let token = s.gateway.deps().auth.issue(&user, Some(name), exp);
+    let token = match s.gateway.deps().auth.issue(&user, Some(name), exp) {
+        Ok(t) => t,
+        Err(e) => {
+            return error_response(StatusCode::NOT_IMPLEMENTED, "cannot_sign", e.to_string());
+        }
+    };
     Json(json!({ "token": token, "user_id": user.as_str(), "name": name, "exp": exp }))
         .into_response()
 }

@@ -83,11 +83,6 @@ pub trait Ingest: Send + Sync {
     fn submit(&self, req: ChatRequest) -> BoxFut<'_, Result<Accepted, IngestError>>;
 }
 
-/// Direction overrides and isolates: they let one chat line reorder how others render.
-fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
-}
-
 /// The text checks every message passes.
 pub fn check_text(text: &str, max_chars: usize) -> Result<(), String> {
     if text.trim().is_empty() {
@@ -102,7 +97,7 @@ pub fn check_text(text: &str, max_chars: usize) -> Result<(), String> {
                 c as u32
             ));
         }
-        if is_bidi_control(c) {
+        if crate::text::is_bidi_control(c) {
             return Err(format!(
                 "text contains the direction-override character U+{:04X}",
                 c as u32

@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret";
+pub const SECRET: &str = "test-secret-test-secret-test-secret";
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct TestServer {
@@ -124,11 +124,14 @@ impl TestServer {
 }
 
 pub fn token_for(user: &str, name: Option<&str>, ttl_s: i64) -> String {
-    JwtAuth::new(SECRET.as_bytes()).issue(
-        &UserId::parse(user).unwrap(),
-        name,
-        (now_s() as i64 + ttl_s) as u64,
-    )
+    JwtAuth::hs256(SECRET.as_bytes())
+        .unwrap()
+        .issue(
+            &UserId::parse(user).unwrap(),
+            name,
+            (now_s() as i64 + ttl_s) as u64,
+        )
+        .unwrap()
 }
 
 #[derive(Debug, Clone)]

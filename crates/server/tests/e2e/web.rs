@@ -46,6 +46,11 @@ async fn dev_tokens_log_in_and_bad_requests_name_the_field() {
     for (body, field) in [
         (r#"{"name":""}"#, "name"),
         (&format!(r#"{{"name":"{}"}}"#, "x".repeat(33)), "name"),
+        (
+            r#"{"name":"evil\u202Egnp"}"#,
+            "direction-override character U+202E",
+        ),
+        (r#"{"name":"ad\u200Bmin"}"#, "zero-width character U+200B"),
         (r#"{"nick":"a"}"#, "nick"),
         ("not json", "JSON"),
     ] {
