@@ -132,7 +132,9 @@ impl LimitConfig {
     pub fn check(&self, name: &str) -> Result<(), String> {
         if !(self.rate.is_finite() && self.burst.is_finite()) || self.rate < 0.0 || self.burst < 0.0
         {
-            return Err(format!("{name}: rate and burst must be finite and not negative"));
+            return Err(format!(
+                "{name}: rate and burst must be finite and not negative"
+            ));
         }
         if self.rate > 0.0 && self.rate < Self::MIN_RATE {
             return Err(format!(

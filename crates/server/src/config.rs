@@ -353,12 +353,12 @@ impl Config {
         if self.http.request_timeout_ms == 0 || self.http.header_timeout_ms == 0 {
             bail!("http.request_timeout_ms and http.header_timeout_ms must be positive");
         }
-        if let Some(o) = self.http.allowed_origins.iter().find(|o| {
-            !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')
-        }) {
-            bail!(
-                "http.allowed_origins: {o:?} is not an origin (scheme://host[:port], no path)"
-            );
+        if let Some(o) =
+            self.http.allowed_origins.iter().find(|o| {
+                !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/')
+            })
+        {
+            bail!("http.allowed_origins: {o:?} is not an origin (scheme://host[:port], no path)");
         }
         if self.dev.token_ttl_s == 0 {
             bail!("dev.token_ttl_s must be positive");
@@ -641,10 +641,13 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert!(bad("ROOMCAST_GATEWAY__JOIN_LIMIT", "{ rate = 1e-9, burst = 1 }")
-            .contains("gateway.join_limit"));
-        assert!(bad("ROOMCAST_DEV__RATE_LIMIT", "{ rate = -1, burst = 1 }")
-            .contains("dev.rate_limit"));
+        assert!(
+            bad("ROOMCAST_GATEWAY__JOIN_LIMIT", "{ rate = 1e-9, burst = 1 }")
+                .contains("gateway.join_limit")
+        );
+        assert!(
+            bad("ROOMCAST_DEV__RATE_LIMIT", "{ rate = -1, burst = 1 }").contains("dev.rate_limit")
+        );
         assert!(bad("ROOMCAST_HTTP__REQUEST_TIMEOUT_MS", "0").contains("http.request_timeout_ms"));
         assert!(
             bad("ROOMCAST_HTTP__ALLOWED_ORIGINS", "[\"example.com\"]")
@@ -655,7 +658,10 @@ mod tests {
             env(&[("ROOMCAST_HTTP__ALLOWED_ORIGINS", "[\"https://a.example\"]")]),
         )
         .unwrap();
-        assert_eq!(ok.http.allowed_origins, vec!["https://a.example".to_owned()]);
+        assert_eq!(
+            ok.http.allowed_origins,
+            vec!["https://a.example".to_owned()]
+        );
         assert!(HttpConfig::default().connection_cap() >= 64);
     }
 }

@@ -53,13 +53,14 @@ pub struct HttpState {
 }
 
 impl HttpState {
-    /// Takes a token from the dev endpoints' budget; a 429 response when there is none.
-    pub fn dev_admit(&self) -> Result<(), Response> {
+    /// Takes a token from the dev endpoints' budget; the 429 response when there is none.
+    pub fn dev_refusal(&self) -> Option<Response> {
         let now = self.started.elapsed().as_millis() as u64;
         self.dev_bucket
             .lock()
             .take(&self.dev_limit, now)
-            .map_err(|wait| {
+            .err()
+            .map(|wait| {
                 self.gateway.metrics().limited_requests.inc();
                 let mut r = error_response(
                     StatusCode::TOO_MANY_REQUESTS,

@@ -91,7 +91,7 @@ async fn dev_token(
     State(s): State<Arc<HttpState>>,
     body: Result<Json<TokenReq>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = s.dev_admit() {
+    if let Some(r) = s.dev_refusal() {
         return r;
     }
     let Json(req) = match body {
@@ -140,7 +140,7 @@ async fn dev_gift(
     headers: HeaderMap,
     body: Result<Json<GiftReq>, JsonRejection>,
 ) -> Response {
-    if let Err(r) = s.dev_admit() {
+    if let Some(r) = s.dev_refusal() {
         return r;
     }
     let token = headers

@@ -340,7 +340,11 @@ impl Gateway {
         // (now, if the end came from the peer), never longer.
         let now = self.clock_ms();
         let closing_since = conn.closing_since_ms.load(Relaxed);
-        let since = if closing_since == 0 { now } else { closing_since };
+        let since = if closing_since == 0 {
+            now
+        } else {
+            closing_since
+        };
         let left = (since + self.cfg.close_grace_ms).saturating_sub(now);
         conn.finish(
             &self.deps.metrics,

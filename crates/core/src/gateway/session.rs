@@ -305,8 +305,7 @@ pub(crate) async fn run(
         if !buf.is_empty() {
             // Boxed: an idle connection's task then holds a pointer-sized slot, not the
             // largest handler's state (idle memory per connection is a target).
-            let (used, stop) =
-                Box::pin(process(&gw, &conn, session, &mut decoder, &mut buf)).await;
+            let (used, stop) = Box::pin(process(&gw, &conn, session, &mut decoder, &mut buf)).await;
             buf.drain(..used);
             if stop {
                 break;
@@ -411,8 +410,7 @@ async fn process(
                 let pong = Bytes::from(ws::server_frame(Opcode::Pong, p));
                 // At most one pong waits; a ping while one still waits (the peer is not
                 // reading) or over the request limit counts against the error budget.
-                let replaced =
-                    conn.send_pong(pong, gw.limits(), gw.metrics()) == Pong::Replaced;
+                let replaced = conn.send_pong(pong, gw.limits(), gw.metrics()) == Pong::Replaced;
                 let over = s.take_request(gw).is_err();
                 if replaced || over {
                     count_error(gw, conn, s);

@@ -96,16 +96,22 @@ async fn a_client_that_never_reads_loses_its_socket_within_the_grace_period() {
     for i in 0..5 {
         let mut c = raw_small(s.addr, "/ws").await;
         let token = s.token(&format!("stuck{i}"));
-        c.write_all(&text(json!({"op": "login", "seq": 1, "body": {"token": token}})))
-            .await
-            .unwrap();
-        c.write_all(&text(json!({"op": "join", "seq": 2, "body": {"room_id": "busy"}})))
-            .await
-            .unwrap();
+        c.write_all(&text(
+            json!({"op": "login", "seq": 1, "body": {"token": token}}),
+        ))
+        .await
+        .unwrap();
+        c.write_all(&text(
+            json!({"op": "join", "seq": 2, "body": {"room_id": "busy"}}),
+        ))
+        .await
+        .unwrap();
         stuck.push(c);
     }
     s.eventually("the stuck clients joined", |r| {
-        r.gateway.room_members(&roomcast_core::ids::RoomId::parse("busy").unwrap()) == 5
+        r.gateway
+            .room_members(&roomcast_core::ids::RoomId::parse("busy").unwrap())
+            == 5
     })
     .await;
     assert_eq!(s.running().metrics.sockets_open.get(), 5);
@@ -118,10 +124,13 @@ async fn a_client_that_never_reads_loses_its_socket_within_the_grace_period() {
         if metrics.slow_disconnects.get() >= 5 {
             break;
         }
-        assert_eq!(sender.chat("busy", &format!("{i} {big}")).await.op, "chat_ok");
+        assert_eq!(
+            sender.chat("busy", &format!("{i} {big}")).await.op,
+            "chat_ok"
+        );
         if i % 50 == 0 {
             // The sender reads what it gets, so it is never the slow one.
-            while sender.inbox().len() > 0 {
+            while !sender.inbox().is_empty() {
                 sender.next().await;
             }
         }
@@ -198,7 +207,9 @@ async fn a_slowloris_upgrade_is_cut_off() {
     let mut slow = Vec::new();
     for _ in 0..20 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
-        c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+        c.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
         slow.push(c);
     }
     for c in slow.iter_mut() {
@@ -238,7 +249,9 @@ async fn a_trickled_body_gets_408() {
             }
         }
     };
-    tokio::time::timeout(WAIT, read).await.expect("answered in time");
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("answered in time");
     let head = String::from_utf8_lossy(&raw);
     assert!(head.starts_with("HTTP/1.1 408"), "{head}");
     assert!(head.contains("request_timeout"), "{head}");
@@ -294,7 +307,10 @@ async fn a_join_storm_with_random_room_ids_is_bounded() {
             refused += 1;
         }
     }
-    assert!(refused >= 15, "the node refused new rooms past its budget ({refused})");
+    assert!(
+        refused >= 15,
+        "the node refused new rooms past its budget ({refused})"
+    );
     assert!(s.running().gateway.room_count() <= 40);
     assert!(s.running().metrics.limited_requests.get() > 0);
     ordinary_client_chats(&s, "r0").await;
@@ -416,7 +432,10 @@ async fn a_panicking_session_does_not_leak_its_connection() {
     assert_eq!(s.running().gateway.room_members(&room), 2);
     victim.send(Op::Ack, json!({"msg_id": 1})).await;
     let ended = victim.ended().await;
-    assert!(matches!(ended, Ended::Dropped | Ended::Close(..)), "{ended:?}");
+    assert!(
+        matches!(ended, Ended::Dropped | Ended::Close(..)),
+        "{ended:?}"
+    );
     s.eventually("the panicked session left its room", |r| {
         r.gateway.room_members(&room) == 1 && r.metrics.connections.get() == 1
     })
@@ -443,7 +462,11 @@ async fn oversized_fragmented_and_invalid_frames_release_the_socket() {
         use roomcast_proto::ws::{apply_mask, frame_head};
         let chunk = vec![b'b'; 1000];
         for i in 0..10 {
-            let op = if i == 0 { Opcode::Text } else { Opcode::Continuation };
+            let op = if i == 0 {
+                Opcode::Text
+            } else {
+                Opcode::Continuation
+            };
             let (h, n) = frame_head(false, op, chunk.len() as u64, Some(MASK));
             fragments.extend_from_slice(&h[..n]);
             let mut p = chunk.clone();

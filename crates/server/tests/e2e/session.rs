@@ -36,7 +36,10 @@ async fn logout_leaves_every_room_at_once_answers_and_closes() {
             other => panic!("closed with 1000 after logout: {other:?}"),
         }
         assert!(
-            leaving.inbox().iter().all(|p| p.op != "chat_ok" && p.op != "error"),
+            leaving
+                .inbox()
+                .iter()
+                .all(|p| p.op != "chat_ok" && p.op != "error"),
             "nothing answered after logout: {:?}",
             leaving.inbox()
         );
@@ -90,11 +93,19 @@ async fn the_echo_endpoint_is_off_by_default_and_echoes_when_on() {
         Message::text(big.clone()),
     ] {
         ws.send(m.clone()).await.unwrap();
-        let back = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+        let back = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(back, m);
     }
     ws.send(Message::Ping(b"p".to_vec().into())).await.unwrap();
-    let pong = tokio::time::timeout(WAIT, ws.next()).await.unwrap().unwrap().unwrap();
+    let pong = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(pong, Message::Pong(b"p".to_vec().into()));
     ws.close(None).await.unwrap();
     let end = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
@@ -126,7 +137,11 @@ async fn browser_origins_outside_the_allow_list_are_refused() {
     assert_eq!(try_origin(Some("https://live.example")).await, 101);
     assert_eq!(try_origin(Some("HTTPS://LIVE.EXAMPLE")).await, 101);
     assert_eq!(try_origin(Some("https://evil.example")).await, 403);
-    assert_eq!(try_origin(None).await, 101, "non-browser clients send no Origin");
+    assert_eq!(
+        try_origin(None).await,
+        101,
+        "non-browser clients send no Origin"
+    );
 }
 
 #[tokio::test]
