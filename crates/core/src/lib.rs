@@ -22,6 +22,8 @@ pub mod ports;
 pub mod shard;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
+#[cfg(any(test, feature = "testkit"))]
+pub mod testkit_limits;
 pub mod text;
 pub mod worker;
 
