@@ -8,7 +8,8 @@
 #   scripts/services.sh up [SERVICE…]     install what is missing, start what is not running
 #   scripts/services.sh down [SERVICE…]   stop what this script started
 #   scripts/services.sh status [SERVICE…] exit non-zero when one is down
-#   scripts/services.sh env               the URLs tests and configs read (eval-able)
+#   scripts/services.sh env               the URLs tests read (eval-able; RC_TEST_*, not ROOMCAST_*,
+#                                         which the server would take for settings)
 #
 # SERVICE is redis, mysql, etcd or kafka (default: all). Data and logs live under one directory,
 # $RC_SERVICES_DIR (default .services/ in the checkout, git-ignored). The ports are not the
@@ -198,10 +199,10 @@ kafka_down() {
 
 print_env() {
   cat << EOF
-export ROOMCAST_TEST_REDIS_URL=redis://127.0.0.1:$redis_port/
-export ROOMCAST_TEST_MYSQL_URL=mysql://roomcast:roomcast@127.0.0.1:$mysql_port/roomcast
-export ROOMCAST_TEST_ETCD_URL=etcd://127.0.0.1:$etcd_port
-export ROOMCAST_TEST_KAFKA_URL=kafka://127.0.0.1:$kafka_port
+export RC_TEST_REDIS_URL=redis://127.0.0.1:$redis_port/
+export RC_TEST_MYSQL_URL=mysql://roomcast:roomcast@127.0.0.1:$mysql_port/roomcast
+export RC_TEST_ETCD_URL=etcd://127.0.0.1:$etcd_port
+export RC_TEST_KAFKA_URL=kafka://127.0.0.1:$kafka_port
 EOF
 }
 

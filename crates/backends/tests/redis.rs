@@ -1,5 +1,5 @@
 //! The Redis adapters against a real Redis (`scripts/services.sh up redis`, or any Redis at
-//! `ROOMCAST_TEST_REDIS_URL`, default `redis://127.0.0.1:16379/`). A missing Redis fails these
+//! `RC_TEST_REDIS_URL`, default `redis://127.0.0.1:16379/`). A missing Redis fails these
 //! tests; it never skips them. Each test uses its own key prefix, so tests run in parallel and
 //! leave nothing that a later run could trip over (keys expire or are per-run).
 #![cfg(feature = "redis")]
@@ -9,7 +9,7 @@ use roomcast_core::ports::{Limit, LimitError, RateLimiter};
 use roomcast_core::{testkit, testkit_limits};
 
 fn url() -> String {
-    std::env::var("ROOMCAST_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379/".into())
+    std::env::var("RC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379/".into())
 }
 
 async fn conn() -> RedisConn {
@@ -17,9 +17,7 @@ async fn conn() -> RedisConn {
     RedisConn::connect(&url(), &prefix)
         .await
         .unwrap_or_else(|e| {
-            panic!(
-                "{e} — start it with `scripts/services.sh up redis` or set ROOMCAST_TEST_REDIS_URL"
-            )
+            panic!("{e} — start it with `scripts/services.sh up redis` or set RC_TEST_REDIS_URL")
         })
 }
 
