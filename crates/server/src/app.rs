@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use roomcast_backends::redis::{RedisAckStore, RedisConn, RedisModeration, RedisRateLimiter};
 use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
 use roomcast_backends::sqlite_acks::SqliteAckStore;
 use roomcast_backends::sqlite_outbox::SqliteOutbox;
@@ -28,7 +29,7 @@ use roomcast_core::memory::{
 };
 use roomcast_core::metrics::Metrics;
 use roomcast_core::outbox::{OutboxRelay, OutboxStore, RelayConfig};
-use roomcast_core::ports::{AckStore, MessageStore};
+use roomcast_core::ports::{AckStore, MessageStore, Moderation, RateLimiter};
 use roomcast_core::worker::RoomWorker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -99,9 +100,20 @@ pub async fn start_with_handlers(
     if !store.previous_shutdown_clean() {
         tracing::warn!("the previous run did not shut down cleanly; rooms start new epochs");
     }
-    let acks: Arc<dyn AckStore> = match config.store_url()? {
-        StoreUrl::Memory => Arc::new(MemoryAckStore::default()),
-        StoreUrl::Sqlite(path) => Arc::new(
+    // With `[redis] url`, limits, bans and pending acks live in Redis, shared by every node
+    // that points there (and surviving restarts); otherwise in this process (acks in SQLite).
+    let redis = match &config.redis.url {
+        Some(url) => Some(
+            RedisConn::connect(url, &config.redis.key_prefix)
+                .await
+                .context("redis.url")?,
+        ),
+        None => None,
+    };
+    let acks: Arc<dyn AckStore> = match (&redis, config.store_url()?) {
+        (Some(r), _) => Arc::new(RedisAckStore::new(r.clone())),
+        (None, StoreUrl::Memory) => Arc::new(MemoryAckStore::default()),
+        (None, StoreUrl::Sqlite(path)) => Arc::new(
             SqliteAckStore::open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?,
         ),
@@ -120,12 +132,22 @@ pub async fn start_with_handlers(
     let bus = Arc::new(bus);
     let routes = Arc::new(MemoryRoutes::default());
     let presence = Arc::new(MemoryPresence::default());
-    let limiter = Arc::new(MemoryRateLimiter::default());
-    let moderation = Arc::new(MemoryModeration::default());
+    let memory_limiter = redis
+        .is_none()
+        .then(|| Arc::new(MemoryRateLimiter::default()));
+    let limiter: Arc<dyn RateLimiter> = match (&redis, &memory_limiter) {
+        (Some(r), _) => Arc::new(RedisRateLimiter::new(r.clone())),
+        (None, Some(m)) => m.clone(),
+        (None, None) => unreachable!("a memory limiter exists without redis"),
+    };
+    let moderation: Arc<dyn Moderation> = match &redis {
+        Some(r) => Arc::new(RedisModeration::new(r.clone())),
+        None => Arc::new(MemoryModeration::default()),
+    };
     let ingest = Arc::new(IngestService::new(
         config.ingest.clone(),
         bus.clone(),
-        limiter.clone(),
+        limiter,
         moderation.clone(),
         filter,
         metrics.clone(),
@@ -197,7 +219,7 @@ pub async fn start_with_handlers(
         // Housekeeping of the in-memory adapters.
         let (presence, limiter, history, metrics) = (
             presence.clone(),
-            limiter.clone(),
+            memory_limiter.clone(),
             history.clone(),
             metrics.clone(),
         );
@@ -221,7 +243,9 @@ pub async fn start_with_handlers(
                     _ = stop.wait_for(|v| *v) => return,
                     _ = tick.tick() => {
                         presence.sweep();
-                        limiter.sweep(max_idle);
+                        if let Some(limiter) = &limiter {
+                            limiter.sweep(max_idle);
+                        }
                         history.evict_idle();
                         metrics.history_rooms.set(history.rooms_in_memory() as i64);
                     }

@@ -36,6 +36,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub api: ApiConfig,
     pub http: HttpConfig,
+    pub redis: RedisConfig,
     pub dev: DevConfig,
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
@@ -182,6 +183,27 @@ fn rlimit_nofile() -> Option<usize> {
     line.split_whitespace().nth(3)?.parse().ok()
 }
 
+/// Redis for the state nodes share: rate limits, bans and mutes, pending acks of critical
+/// messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port/db`. Unset: this process keeps that state itself
+    /// (limits, bans and mutes in memory; acks in the SQLite store).
+    pub url: Option<String>,
+    /// Put in front of every key, so several deployments can share one Redis.
+    pub key_prefix: String,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: None,
+            key_prefix: "roomcast:".into(),
+        }
+    }
+}
+
 /// Development conveniences for the demo page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -250,6 +272,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             api: ApiConfig::default(),
             http: HttpConfig::default(),
+            redis: RedisConfig::default(),
             dev: DevConfig::default(),
             store: StoreConfig::default(),
             gateway: GatewayConfig::default(),
@@ -360,6 +383,11 @@ impl Config {
         {
             bail!("http.allowed_origins: {o:?} is not an origin (scheme://host[:port], no path)");
         }
+        if let Some(u) = &self.redis.url
+            && !u.starts_with("redis://")
+        {
+            bail!("redis.url {u:?}: expected redis://host:port/db");
+        }
         if self.dev.token_ttl_s == 0 {
             bail!("dev.token_ttl_s must be positive");
         }
@@ -408,6 +436,8 @@ const STRING_KEYS: &[&str] = &[
     "data_dir",
     "listen",
     "store.url",
+    "redis.url",
+    "redis.key_prefix",
     "ingest.words_file",
 ];
 

@@ -12,6 +12,7 @@ mod limits;
 mod malformed;
 mod rooms;
 mod session;
+mod shared_redis;
 mod slow;
 mod store;
 mod web;
