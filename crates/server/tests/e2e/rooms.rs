@@ -220,3 +220,52 @@ async fn a_big_room_written_by_parallel_tasks_keeps_order_and_loses_nothing() {
     let passes = s.running().metrics.fanout_pass_big.count() - passes_before;
     assert!(passes >= 1, "the parallel path was taken");
 }
+
+/// Route damping (R6 with Centrifugo's lesson): a viewer flapping in and out of a room writes
+/// no route; the node leaves the room's route `route_linger_ms` after its last member left,
+/// and not before.
+#[tokio::test]
+async fn a_rooms_route_lingers_after_its_last_member_leaves() {
+    use roomcast_core::ids::RoomId;
+    use roomcast_core::ports::RouteChange;
+    let linger = std::time::Duration::from_millis(300);
+    let s = TestServer::start_with(|c| c.gateway.route_linger_ms = linger.as_millis() as u64).await;
+    let gw = s.running().gateway.clone();
+    let routes = gw.deps().routes.clone();
+    let room = RoomId::parse("flap").unwrap();
+    let mut watch = routes.watch();
+
+    let mut viewer = s.client("viewer").await;
+    viewer.join("flap").await;
+    assert_eq!(
+        watch.try_next(),
+        Some(RouteChange::Room(room.clone())),
+        "added"
+    );
+    for _ in 0..3 {
+        let p = viewer.call(Op::Leave, json!({ "room_id": "flap" })).await;
+        assert_eq!(p.op, "leave_ok");
+        viewer.join("flap").await;
+    }
+    assert_eq!(watch.try_next(), None, "no route writes while flapping");
+
+    let left = tokio::time::Instant::now();
+    let p = viewer.call(Op::Leave, json!({ "room_id": "flap" })).await;
+    assert_eq!(p.op, "leave_ok");
+    assert_eq!(routes.nodes(&room).await.unwrap(), [gw.node().clone()]);
+    assert_eq!(gw.lingering_routes(), 1);
+    assert_eq!(watch.next().await, Some(RouteChange::Room(room.clone())));
+    assert!(
+        left.elapsed() >= linger,
+        "removed after {:?}",
+        left.elapsed()
+    );
+    assert!(routes.nodes(&room).await.unwrap().is_empty(), "removed");
+    assert_eq!(gw.lingering_routes(), 0);
+
+    // The next first member adds the route again, and messages flow.
+    viewer.join("flap").await;
+    assert_eq!(watch.try_next(), Some(RouteChange::Room(room.clone())));
+    viewer.chat("flap", "back").await;
+    assert_eq!(viewer.expect("room_msg").await.body["text"], "back");
+}
