@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::time::Instant;
 
 use crate::ids::{NodeId, RoomId};
+use crate::metrics::Metrics;
 use crate::ports::{RouteChange, RouteError, RouteTable, RouteWatch};
 
 /// Rooms cached at most; past it, entries older than `max_age` are dropped (and if that is not
@@ -44,6 +45,7 @@ impl Inner {
 pub struct RouteCache {
     table: Arc<dyn RouteTable>,
     max_age: Duration,
+    metrics: Arc<Metrics>,
     inner: Mutex<Inner>,
     hits: std::sync::atomic::AtomicU64,
     reads: std::sync::atomic::AtomicU64,
@@ -51,7 +53,7 @@ pub struct RouteCache {
 
 impl RouteCache {
     /// `max_age` zero: no caching, every call reads the table.
-    pub fn new(table: Arc<dyn RouteTable>, max_age: Duration) -> Self {
+    pub fn new(table: Arc<dyn RouteTable>, max_age: Duration, metrics: Arc<Metrics>) -> Self {
         RouteCache {
             inner: Mutex::new(Inner {
                 watch: table.watch(),
@@ -60,6 +62,7 @@ impl RouteCache {
             }),
             table,
             max_age,
+            metrics,
             hits: Default::default(),
             reads: Default::default(),
         }
@@ -70,6 +73,7 @@ impl RouteCache {
         use std::sync::atomic::Ordering::Relaxed;
         if self.max_age.is_zero() {
             self.reads.fetch_add(1, Relaxed);
+            self.metrics.route_reads.inc();
             return Ok(self.table.nodes(room).await?.into());
         }
         let generation = {
@@ -85,6 +89,7 @@ impl RouteCache {
         };
         let read_at = Instant::now();
         self.reads.fetch_add(1, Relaxed);
+        self.metrics.route_reads.inc();
         let nodes: Arc<[NodeId]> = self.table.nodes(room).await?.into();
         let mut inner = self.inner.lock();
         inner.drain();
@@ -130,7 +135,7 @@ mod tests {
         let room = RoomId::parse("r").unwrap();
         table.add(&room, &a).await.unwrap();
         Setup {
-            cache: RouteCache::new(table.clone(), max_age),
+            cache: RouteCache::new(table.clone(), max_age, Arc::default()),
             table,
             room,
             a,

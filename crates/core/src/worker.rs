@@ -94,7 +94,11 @@ impl RoomWorker {
             .set((cfg.batch_window_ms * 1000) as i64);
         RoomWorker {
             window_us: AtomicU64::new(cfg.batch_window_ms * 1000),
-            routes: RouteCache::new(routes, Duration::from_millis(cfg.route_cache_ms)),
+            routes: RouteCache::new(
+                routes,
+                Duration::from_millis(cfg.route_cache_ms),
+                metrics.clone(),
+            ),
             cfg,
             history,
             delivery,

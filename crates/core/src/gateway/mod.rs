@@ -274,8 +274,11 @@ impl Gateway {
             self.deps.metrics.rooms.inc();
             // A route kept after the last member left is still there: nothing to write.
             let kept = self.lingering.lock().remove(room).is_some();
-            if !kept && let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
-                tracing::error!(room = %room, error = %e, "cannot add route");
+            if !kept {
+                self.deps.metrics.route_writes.inc();
+                if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
+                    tracing::error!(room = %room, error = %e, "cannot add route");
+                }
             }
         }
         self.online_dirty.lock().insert(room.clone());
@@ -317,14 +320,16 @@ impl Gateway {
     }
 
     async fn remove_route(&self, room: &RoomId) {
+        self.deps.metrics.route_writes.inc();
         if let Err(e) = self.deps.routes.remove(room, &self.deps.node).await {
             tracing::error!(room = %room, error = %e, "cannot remove route");
         }
         // Someone may have joined while the route was being removed.
-        if self.registry.members(room) > 0
-            && let Err(e) = self.deps.routes.add(room, &self.deps.node).await
-        {
-            tracing::error!(room = %room, error = %e, "cannot restore route");
+        if self.registry.members(room) > 0 {
+            self.deps.metrics.route_writes.inc();
+            if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
+                tracing::error!(room = %room, error = %e, "cannot restore route");
+            }
         }
     }
 
@@ -350,6 +355,7 @@ impl Gateway {
     /// delivered here).
     pub async fn drop_routes(&self) {
         self.lingering.lock().clear();
+        self.deps.metrics.route_writes.inc();
         match self.deps.routes.drop_node(&self.deps.node).await {
             Ok(n) => tracing::info!(node = %self.deps.node, rooms = n, "routes removed"),
             Err(e) => tracing::error!(node = %self.deps.node, error = %e, "cannot remove routes"),
