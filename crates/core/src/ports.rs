@@ -55,7 +55,9 @@ pub enum RouteChange {
 }
 
 /// A subscription to a route table's changes. Every change made after the subscription is
-/// reported, or a [`RouteChange::Lagged`] stands in for those that were missed.
+/// reported, or a [`RouteChange::Lagged`] stands in for those that were missed. Built on a tokio
+/// broadcast channel: the memory adapter sends into it directly, a networked adapter from the
+/// task that reads its service's change feed (and sends `Lagged` after a reconnect).
 pub struct RouteWatch {
     rx: tokio::sync::broadcast::Receiver<RouteChange>,
 }

@@ -203,6 +203,67 @@ mod tests {
         assert_eq!(s.cache.stats(), (0, 3));
     }
 
+    /// A table whose first read is overtaken by a change (made while the read is in flight).
+    struct Racing {
+        inner: Arc<MemoryRoutes>,
+        change: (RoomId, NodeId),
+        raced: std::sync::atomic::AtomicBool,
+    }
+
+    impl RouteTable for Racing {
+        fn add(&self, room: &RoomId, node: &NodeId) -> crate::BoxFut<'_, Result<(), RouteError>> {
+            self.inner.add(room, node)
+        }
+        fn remove(
+            &self,
+            room: &RoomId,
+            node: &NodeId,
+        ) -> crate::BoxFut<'_, Result<(), RouteError>> {
+            self.inner.remove(room, node)
+        }
+        fn nodes(&self, room: &RoomId) -> crate::BoxFut<'_, Result<Vec<NodeId>, RouteError>> {
+            let room = room.clone();
+            Box::pin(async move {
+                let read = self.inner.nodes(&room).await;
+                if !self.raced.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    self.inner.add(&self.change.0, &self.change.1).await?;
+                }
+                read
+            })
+        }
+        fn renew(&self, node: &NodeId, ttl: Duration) -> crate::BoxFut<'_, Result<(), RouteError>> {
+            self.inner.renew(node, ttl)
+        }
+        fn drop_node(&self, node: &NodeId) -> crate::BoxFut<'_, Result<usize, RouteError>> {
+            self.inner.drop_node(node)
+        }
+        fn watch(&self) -> RouteWatch {
+            self.inner.watch()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_overtaken_by_a_change_is_not_cached() {
+        let s = setup(Duration::from_secs(60)).await;
+        let racing = Arc::new(Racing {
+            inner: s.table.clone(),
+            change: (s.room.clone(), s.b.clone()),
+            raced: Default::default(),
+        });
+        let cache = RouteCache::new(racing, Duration::from_secs(60), Arc::default());
+        assert_eq!(
+            &*cache.nodes(&s.room).await.unwrap(),
+            std::slice::from_ref(&s.a),
+            "the read from before the change"
+        );
+        assert_eq!(
+            &*cache.nodes(&s.room).await.unwrap(),
+            [s.a.clone(), s.b.clone()],
+            "read again, not served from the cache"
+        );
+        assert_eq!(cache.stats(), (0, 2));
+    }
+
     /// A watcher that fell behind forgets everything rather than serving a stale route.
     #[tokio::test(start_paused = true)]
     async fn a_lagged_watch_clears_the_cache() {
