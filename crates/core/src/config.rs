@@ -56,6 +56,13 @@ pub struct GatewayConfig {
     pub critical_retry_max_ms: u64,
     /// Sends (first one included) before an unacknowledged critical message counts as failed.
     pub critical_max_attempts: u32,
+    /// After a room's last local member leaves, the node keeps its route this long before
+    /// removing it (a rejoin in between cancels the removal), so a viewer flapping in and out
+    /// does not turn into route writes. 0 removes at once.
+    pub route_linger_ms: u64,
+    /// The lease on this node's routes; renewed every third of it. A node that stops renewing
+    /// (crashed, stalled) drops out of every room's route at its end.
+    pub route_lease_s: u32,
     /// `join`s per connection (over it: `rate_limited` with `retry_after_ms`).
     pub join_limit: LimitConfig,
     /// Rooms that get their first member on this node, per second across all connections, so
@@ -87,6 +94,8 @@ impl Default for GatewayConfig {
             critical_retry_base_ms: 2000,
             critical_retry_max_ms: 60_000,
             critical_max_attempts: 6,
+            route_linger_ms: 1000,
+            route_lease_s: 30,
             join_limit: LimitConfig {
                 rate: 5.0,
                 burst: 20.0,
@@ -106,6 +115,11 @@ impl Default for GatewayConfig {
 impl GatewayConfig {
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s.max(1) as u64)
+    }
+
+    /// The lease on this node's routes (at least one second).
+    pub fn route_lease(&self) -> Duration {
+        Duration::from_secs(self.route_lease_s.max(1) as u64)
     }
 
     /// Presence TTL and silence timeout: twice the heartbeat period.
@@ -222,6 +236,9 @@ pub struct WorkerConfig {
     /// room's passes take at most 1/factor of the node's time and the rest stays for reading,
     /// ingest and the other rooms. 0 turns it off.
     pub pass_window_factor: f64,
+    /// A worker reads a room's gateway nodes from the route table at most this often, and at
+    /// once when the table reports a change to the room; 0 reads on every flush.
+    pub route_cache_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -233,6 +250,7 @@ impl Default for WorkerConfig {
             batch_window_ms: 20,
             batch_window_max_ms: 200,
             pass_window_factor: 2.0,
+            route_cache_ms: 1000,
         }
     }
 }

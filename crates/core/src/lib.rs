@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod ports;
+pub mod route_cache;
 pub mod shard;
 #[cfg(any(test, feature = "testkit"))]
 pub mod testkit;

@@ -170,6 +170,10 @@ pub struct Metrics {
     pub room_memberships: Gauge,
     pub messages_in: Counter,
     pub batches: Counter,
+    /// Route table reads by room workers (their caches answer the other flushes).
+    pub route_reads: Counter,
+    /// Route table writes by the gateway (adds and removes on a room's 0↔1 edges, node drops).
+    pub route_writes: Counter,
     pub batch_size: Histogram,
     /// The batch window a room worker most recently adapted to, in microseconds.
     pub batch_window_us: Gauge,
@@ -214,6 +218,8 @@ impl Default for Metrics {
             room_memberships: Gauge::default(),
             messages_in: Counter::default(),
             batches: Counter::default(),
+            route_reads: Counter::default(),
+            route_writes: Counter::default(),
             batch_size: Histogram::new(BATCH_SIZES),
             batch_window_us: Gauge::default(),
             frames_out: Counter::default(),
@@ -345,6 +351,18 @@ impl Metrics {
             "roomcast_batches_total",
             "Room batches flushed by room workers.",
             self.batches.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_route_reads_total",
+            "Route table reads by room workers (a cached route answers the other batches).",
+            self.route_reads.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_route_writes_total",
+            "Route table writes by the gateway (a room's first member arrives, its last one left route_linger_ms ago, the node drops its routes).",
+            self.route_writes.get(),
         );
         counter(
             &mut o,

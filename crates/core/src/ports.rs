@@ -42,18 +42,291 @@ pub trait BusConsumer: Send {
 #[error("route table unavailable: {0}")]
 pub struct RouteError(pub String);
 
+/// What changed in a [`RouteTable`], as seen through [`RouteTable::watch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RouteChange {
+    /// The room's set of nodes may have changed (a route added or removed).
+    Room(RoomId),
+    /// Every route of this node may have changed at once: dropped, expired with its lease, or
+    /// visible again after a lease was renewed past its expiry.
+    Node(NodeId),
+    /// Changes were missed (a slow watcher, a reconnect): forget everything cached.
+    Lagged,
+}
+
+/// A subscription to a route table's changes. Every change made after the subscription is
+/// reported, or a [`RouteChange::Lagged`] stands in for those that were missed. Built on a tokio
+/// broadcast channel: the memory adapter sends into it directly, a networked adapter from the
+/// task that reads its service's change feed (and sends `Lagged` after a reconnect).
+pub struct RouteWatch {
+    rx: tokio::sync::broadcast::Receiver<RouteChange>,
+}
+
+impl RouteWatch {
+    pub fn new(rx: tokio::sync::broadcast::Receiver<RouteChange>) -> Self {
+        RouteWatch { rx }
+    }
+
+    /// The next change if one is waiting (never waits); `Lagged` after missed changes or when
+    /// the table is gone.
+    pub fn try_next(&mut self) -> Option<RouteChange> {
+        use tokio::sync::broadcast::error::TryRecvError;
+        match self.rx.try_recv() {
+            Ok(c) => Some(c),
+            Err(TryRecvError::Empty) => None,
+            Err(TryRecvError::Lagged(_)) => Some(RouteChange::Lagged),
+            Err(TryRecvError::Closed) => None,
+        }
+    }
+
+    /// Waits for the next change; `None` once the table is gone.
+    pub async fn next(&mut self) -> Option<RouteChange> {
+        use tokio::sync::broadcast::error::RecvError;
+        match self.rx.recv().await {
+            Ok(c) => Some(c),
+            Err(RecvError::Lagged(_)) => Some(RouteChange::Lagged),
+            Err(RecvError::Closed) => None,
+        }
+    }
+}
+
 /// `room:subs:{roomId}`: which gateway nodes have members of a room.
+///
+/// Contract (every adapter): a node's routes are owned under the node's lease. [`nodes`]
+/// returns only nodes whose lease is alive — a node that never renewed, or stopped renewing
+/// (crashed), is invisible, whatever routes it left. [`renew`] starts or extends the lease.
+/// [`drop_node`] removes all of a node's routes in one call (drain, or clean-up of a dead node).
+/// `add` and `remove` are idempotent and touch only the named node's entry. Every change is
+/// reported to [`watch`]ers before the call that made it returns, so a cache that drains its
+/// watch before reading never serves a route older than the last completed change.
+///
+/// [`nodes`]: RouteTable::nodes
+/// [`renew`]: RouteTable::renew
+/// [`drop_node`]: RouteTable::drop_node
+/// [`watch`]: RouteTable::watch
 pub trait RouteTable: Send + Sync {
     fn add(&self, room: &RoomId, node: &NodeId) -> BoxFut<'_, Result<(), RouteError>>;
     fn remove(&self, room: &RoomId, node: &NodeId) -> BoxFut<'_, Result<(), RouteError>>;
+    /// The room's nodes whose lease is alive, sorted.
     fn nodes(&self, room: &RoomId) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>>;
+    /// Keeps the node's routes alive for `ttl` from now (a node renews every `ttl / 3`).
+    fn renew(&self, node: &NodeId, ttl: Duration) -> BoxFut<'_, Result<(), RouteError>>;
+    /// Removes every route of the node and its lease; returns how many rooms it was in.
+    fn drop_node(&self, node: &NodeId) -> BoxFut<'_, Result<usize, RouteError>>;
+    /// Changes from now on.
+    fn watch(&self) -> RouteWatch;
 }
 
-/// `presence:{userId}` with a TTL: who is online.
+/// `presence:{userId}`: which gateway nodes hold a user's connections, each entry with its own
+/// TTL (2 × the heartbeat period), so a crashed node's entries expire on their own.
 pub trait Presence: Send + Sync {
-    fn touch(&self, user: &UserId, ttl: Duration) -> BoxFut<'_, Result<(), RouteError>>;
-    fn remove(&self, user: &UserId) -> BoxFut<'_, Result<(), RouteError>>;
+    /// The user is connected on `node`, for `ttl` from now.
+    fn touch(
+        &self,
+        user: &UserId,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> BoxFut<'_, Result<(), RouteError>>;
+    /// The user's last connection on `node` ended; other nodes' entries stay.
+    fn remove(&self, user: &UserId, node: &NodeId) -> BoxFut<'_, Result<(), RouteError>>;
+    /// The nodes whose entry for the user has not expired, sorted.
+    fn nodes(&self, user: &UserId) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>>;
+    /// Whether any node holds the user.
     fn is_online(&self, user: &UserId) -> BoxFut<'_, Result<bool, RouteError>>;
+}
+
+// ---- control: commands for the gateways ----------------------------------------------------------
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ControlError {
+    #[error("control channel unavailable: {0}")]
+    Unavailable(String),
+    #[error("node {node} failed the command: {reason}")]
+    Failed { node: NodeId, reason: String },
+}
+
+/// Which gateway nodes a [`Command`] goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlTarget {
+    /// The nodes that hold the user's connections ([`Presence::nodes`]).
+    User(UserId),
+    /// Every gateway node.
+    AllNodes,
+}
+
+/// A critical message before it is addressed to a user (see [`PendingCritical`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CriticalMsg {
+    pub msg_id: u64,
+    pub kind: String,
+    pub room: Option<RoomId>,
+    pub text: Option<String>,
+    /// JSON text.
+    pub payload: Option<String>,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+impl CriticalMsg {
+    /// The pending entry of this message for one user, not sent yet.
+    pub fn for_user(&self, user: &UserId) -> PendingCritical {
+        PendingCritical {
+            user: user.clone(),
+            msg_id: self.msg_id,
+            kind: self.kind.clone(),
+            room: self.room.clone(),
+            text: self.text.clone(),
+            payload: self.payload.clone(),
+            ts: self.ts,
+            attempts: 0,
+            next_retry_ms: 0,
+        }
+    }
+}
+
+/// What a gateway node does on behalf of the server API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Close the user's connections with a `kicked` notice (`code`) and `close_code`: kicks and
+    /// ban disconnects. Counts closed connections.
+    Kick {
+        user: UserId,
+        close_code: u16,
+        code: String,
+        reason: String,
+    },
+    /// Record a critical message for the user and push it to the user's connections. Counts
+    /// connections written to.
+    Critical { user: UserId, msg: CriticalMsg },
+    /// A critical message for every user connected to the node. Counts users.
+    Broadcast { msg: CriticalMsg },
+    /// A critical message for every user in the room on the node. Counts users.
+    RoomCritical { room: RoomId, msg: CriticalMsg },
+}
+
+/// What a command did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ControlReport {
+    /// Nodes that ran it.
+    pub nodes: usize,
+    /// The sum of what each node counted (see [`Command`]).
+    pub count: usize,
+}
+
+/// API → gateway nodes: runs a command on the nodes of a target.
+///
+/// Contract: a [`Command::Critical`] is recorded for its user (the `AckStore`) even when no
+/// node holds the user, so it waits for the next login; the other commands do nothing for a
+/// user no node holds. A node that cannot be reached makes the call fail only when it is the
+/// only node of the target; otherwise it is logged and left out of the report.
+pub trait Control: Send + Sync {
+    fn send(
+        &self,
+        target: ControlTarget,
+        command: Command,
+    ) -> BoxFut<'_, Result<ControlReport, ControlError>>;
+}
+
+// ---- discovery ---------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum DiscoveryError {
+    #[error("discovery unavailable: {0}")]
+    Unavailable(String),
+    #[error("lease of node {0} expired; register again")]
+    Expired(NodeId),
+    #[error("node {0} is already registered under a live lease")]
+    Taken(NodeId),
+}
+
+/// What a process does in the distributed mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NodeRole {
+    Gateway,
+    Ingest,
+    Worker,
+}
+
+/// A registered node: its id, role, and where to reach it (`host:port`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub id: NodeId,
+    pub role: NodeRole,
+    pub addr: String,
+}
+
+/// A node came or went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeEvent {
+    Up(NodeInfo),
+    /// Revoked, or its lease expired.
+    Down(NodeId),
+    /// Events were missed: list again.
+    Lagged,
+}
+
+/// A node's registration; dropping it does not end it (the lease expires unless revoked).
+pub trait NodeLease: Send + Sync {
+    /// Extends the lease by its ttl from now; `Expired` when it has already run out (the node
+    /// must register again).
+    fn keep_alive(&self) -> BoxFut<'_, Result<(), DiscoveryError>>;
+    /// Ends the registration at once (drain).
+    fn revoke(&self) -> BoxFut<'_, Result<(), DiscoveryError>>;
+    /// Every how often to call `keep_alive` (a third of the ttl).
+    fn keep_alive_every(&self) -> Duration;
+}
+
+/// Changes of one role's nodes (events are sent with their node's role): first an `Up` for every node registered when the watch began,
+/// then every change after it.
+pub struct NodeWatch {
+    role: NodeRole,
+    initial: std::collections::VecDeque<NodeInfo>,
+    rx: tokio::sync::broadcast::Receiver<(NodeRole, NodeEvent)>,
+}
+
+impl NodeWatch {
+    pub fn new(
+        role: NodeRole,
+        initial: Vec<NodeInfo>,
+        rx: tokio::sync::broadcast::Receiver<(NodeRole, NodeEvent)>,
+    ) -> Self {
+        NodeWatch {
+            role,
+            initial: initial.into(),
+            rx,
+        }
+    }
+
+    /// Waits for the next event of this role; `None` once discovery is gone.
+    pub async fn next(&mut self) -> Option<NodeEvent> {
+        use tokio::sync::broadcast::error::RecvError;
+        if let Some(n) = self.initial.pop_front() {
+            return Some(NodeEvent::Up(n));
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok((role, ev)) if role == self.role => return Some(ev),
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => return Some(NodeEvent::Lagged),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+}
+
+/// `R23`: which nodes exist and where to reach them (etcd in the distributed mode: a key per
+/// node under a lease with keep-alive).
+pub trait Discovery: Send + Sync {
+    /// Registers the node for `ttl`; `Taken` while another live registration holds the id.
+    fn register(
+        &self,
+        node: NodeInfo,
+        ttl: Duration,
+    ) -> BoxFut<'_, Result<Box<dyn NodeLease>, DiscoveryError>>;
+    /// Live nodes of a role, sorted by id.
+    fn list(&self, role: NodeRole) -> BoxFut<'_, Result<Vec<NodeInfo>, DiscoveryError>>;
+    /// Changes of a role's nodes (see [`NodeWatch`]).
+    fn watch(&self, role: NodeRole) -> BoxFut<'_, Result<NodeWatch, DiscoveryError>>;
 }
 
 // ---- delivery ----------------------------------------------------------------------------------

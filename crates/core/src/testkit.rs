@@ -180,6 +180,352 @@ pub async fn ack_store_suite(store: &dyn crate::ports::AckStore) {
     assert_eq!(store.count().await.unwrap(), 3);
 }
 
+// ---- routes, presence, discovery ----------------------------------------------------------------
+//
+// Leases and TTLs are checked by waiting with `tokio::time::sleep`: the memory adapters run the
+// suites under tokio's paused clock (the waits take no real time), a networked adapter with a
+// short real `ttl` (its service keeps the time).
+
+/// A prefix that keeps one run's ids apart from another's in a shared service.
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{:08x}", fastrand::u32(..))
+}
+
+fn room_id(prefix: &str, name: &str) -> RoomId {
+    RoomId::parse(&format!("{prefix}-{name}")).expect("valid room id")
+}
+
+fn node_id(prefix: &str, name: &str) -> crate::ids::NodeId {
+    crate::ids::NodeId::new(&format!("{prefix}-{name}"))
+}
+
+/// What every [`RouteTable`](crate::ports::RouteTable) must do; `ttl` is the lease used.
+pub async fn route_table_suite(routes: &dyn crate::ports::RouteTable, ttl: std::time::Duration) {
+    routes_need_a_live_lease(routes, ttl).await;
+    renewal_keeps_routes_expiry_hides_them(routes, ttl).await;
+    drop_node_removes_only_that_nodes_routes(routes, ttl).await;
+    remove_touches_only_the_named_node(routes, ttl).await;
+    watch_sees_adds_removes_and_drops(routes, ttl).await;
+}
+
+pub async fn routes_need_a_live_lease(
+    routes: &dyn crate::ports::RouteTable,
+    ttl: std::time::Duration,
+) {
+    let p = unique("lease");
+    let (room, a, b) = (room_id(&p, "r"), node_id(&p, "a"), node_id(&p, "b"));
+    routes.add(&room, &a).await.expect("add");
+    routes.add(&room, &b).await.expect("add");
+    routes
+        .add(&room, &b)
+        .await
+        .expect("a second add is harmless");
+    assert!(
+        routes.nodes(&room).await.expect("nodes").is_empty(),
+        "no lease, no route"
+    );
+    routes.renew(&b, ttl).await.expect("renew");
+    routes.renew(&a, ttl).await.expect("renew");
+    assert_eq!(
+        routes.nodes(&room).await.expect("nodes"),
+        vec![a.clone(), b.clone()],
+        "each node once, sorted"
+    );
+    assert!(
+        routes
+            .nodes(&room_id(&p, "other"))
+            .await
+            .expect("nodes")
+            .is_empty()
+    );
+    routes.drop_node(&a).await.expect("drop");
+    routes.drop_node(&b).await.expect("drop");
+}
+
+pub async fn renewal_keeps_routes_expiry_hides_them(
+    routes: &dyn crate::ports::RouteTable,
+    ttl: std::time::Duration,
+) {
+    let p = unique("renew");
+    let (room, a, b) = (room_id(&p, "r"), node_id(&p, "a"), node_id(&p, "b"));
+    routes.renew(&a, ttl).await.expect("renew");
+    routes.renew(&b, ttl).await.expect("renew");
+    routes.add(&room, &a).await.expect("add");
+    routes.add(&room, &b).await.expect("add");
+    // `a` renews every ttl / 3; `b` stops.
+    for _ in 0..4 {
+        tokio::time::sleep(ttl / 3).await;
+        routes.renew(&a, ttl).await.expect("renew");
+    }
+    assert_eq!(
+        routes.nodes(&room).await.expect("nodes"),
+        vec![a.clone()],
+        "b's lease ran out, a's was renewed past its first deadline"
+    );
+    tokio::time::sleep(ttl + ttl / 10).await;
+    assert!(
+        routes.nodes(&room).await.expect("nodes").is_empty(),
+        "a stopped renewing too"
+    );
+    routes.renew(&a, ttl).await.expect("renew");
+    routes.add(&room, &a).await.expect("add");
+    assert_eq!(
+        routes.nodes(&room).await.expect("nodes"),
+        vec![a.clone()],
+        "a node that comes back can route again"
+    );
+    routes.drop_node(&a).await.expect("drop");
+    routes.drop_node(&b).await.expect("drop");
+}
+
+pub async fn drop_node_removes_only_that_nodes_routes(
+    routes: &dyn crate::ports::RouteTable,
+    ttl: std::time::Duration,
+) {
+    let p = unique("drop");
+    let (r1, r2, r3) = (room_id(&p, "1"), room_id(&p, "2"), room_id(&p, "3"));
+    let (a, b) = (node_id(&p, "a"), node_id(&p, "b"));
+    routes.renew(&a, ttl).await.expect("renew");
+    routes.renew(&b, ttl).await.expect("renew");
+    for r in [&r1, &r2, &r3] {
+        routes.add(r, &a).await.expect("add");
+    }
+    routes.add(&r2, &b).await.expect("add");
+    assert_eq!(
+        routes.drop_node(&a).await.expect("drop"),
+        3,
+        "a was in 3 rooms"
+    );
+    assert!(routes.nodes(&r1).await.expect("nodes").is_empty());
+    assert_eq!(routes.nodes(&r2).await.expect("nodes"), vec![b.clone()]);
+    assert!(routes.nodes(&r3).await.expect("nodes").is_empty());
+    // The lease went with the routes: a fresh renewal starts empty.
+    routes.renew(&a, ttl).await.expect("renew");
+    assert_eq!(routes.nodes(&r2).await.expect("nodes"), vec![b.clone()]);
+    assert_eq!(routes.drop_node(&a).await.expect("drop"), 0);
+    routes.drop_node(&b).await.expect("drop");
+}
+
+pub async fn remove_touches_only_the_named_node(
+    routes: &dyn crate::ports::RouteTable,
+    ttl: std::time::Duration,
+) {
+    let p = unique("remove");
+    let (room, other) = (room_id(&p, "r"), room_id(&p, "other"));
+    let (a, b) = (node_id(&p, "a"), node_id(&p, "b"));
+    routes.renew(&a, ttl).await.expect("renew");
+    routes.renew(&b, ttl).await.expect("renew");
+    routes.add(&room, &a).await.expect("add");
+    routes.add(&other, &a).await.expect("add");
+    routes
+        .remove(&room, &b)
+        .await
+        .expect("removing a route b never had");
+    assert_eq!(routes.nodes(&room).await.expect("nodes"), vec![a.clone()]);
+    routes.add(&room, &b).await.expect("add");
+    routes.remove(&room, &b).await.expect("remove");
+    routes
+        .remove(&room, &b)
+        .await
+        .expect("a second remove is harmless");
+    assert_eq!(routes.nodes(&room).await.expect("nodes"), vec![a.clone()]);
+    routes.remove(&room, &a).await.expect("remove");
+    assert!(routes.nodes(&room).await.expect("nodes").is_empty());
+    assert_eq!(
+        routes.nodes(&other).await.expect("nodes"),
+        vec![a.clone()],
+        "other rooms keep their routes"
+    );
+    routes.drop_node(&a).await.expect("drop");
+    routes.drop_node(&b).await.expect("drop");
+}
+
+pub async fn watch_sees_adds_removes_and_drops(
+    routes: &dyn crate::ports::RouteTable,
+    ttl: std::time::Duration,
+) {
+    use crate::ports::RouteChange;
+    let p = unique("watch");
+    let (r1, r2) = (room_id(&p, "1"), room_id(&p, "2"));
+    let a = node_id(&p, "a");
+    routes.renew(&a, ttl).await.expect("renew");
+    let mut watch = routes.watch();
+    // Other runs may share the service: skip what is not ours.
+    let ours = |c: &RouteChange| match c {
+        RouteChange::Room(r) => r == &r1 || r == &r2,
+        RouteChange::Node(n) => n == &a,
+        RouteChange::Lagged => true,
+    };
+    let mut next = async || loop {
+        let c = watch.next().await.expect("the table is alive");
+        if ours(&c) {
+            return c;
+        }
+    };
+    routes.add(&r1, &a).await.expect("add");
+    assert_eq!(next().await, RouteChange::Room(r1.clone()));
+    routes.add(&r2, &a).await.expect("add");
+    assert_eq!(next().await, RouteChange::Room(r2.clone()));
+    routes.remove(&r1, &a).await.expect("remove");
+    assert_eq!(next().await, RouteChange::Room(r1.clone()));
+    routes.drop_node(&a).await.expect("drop");
+    assert_eq!(next().await, RouteChange::Node(a.clone()));
+}
+
+/// What every [`Presence`](crate::ports::Presence) must do; `ttl` is the entries' TTL.
+pub async fn presence_suite(presence: &dyn crate::ports::Presence, ttl: std::time::Duration) {
+    use crate::ids::UserId;
+    let p = unique("presence");
+    let alice = UserId::parse(&format!("{p}-alice")).expect("valid");
+    let bob = UserId::parse(&format!("{p}-bob")).expect("valid");
+    let (a, b) = (node_id(&p, "a"), node_id(&p, "b"));
+    assert!(!presence.is_online(&alice).await.expect("online"));
+    assert!(presence.nodes(&alice).await.expect("nodes").is_empty());
+
+    presence.touch(&alice, &b, ttl).await.expect("touch");
+    presence.touch(&alice, &a, ttl).await.expect("touch");
+    presence.touch(&alice, &a, ttl).await.expect("touch again");
+    presence.touch(&bob, &b, ttl).await.expect("touch");
+    assert!(presence.is_online(&alice).await.expect("online"));
+    assert_eq!(
+        presence.nodes(&alice).await.expect("nodes"),
+        vec![a.clone(), b.clone()],
+        "each node once, sorted"
+    );
+
+    // Leaving one node keeps the others, and other users.
+    presence.remove(&alice, &b).await.expect("remove");
+    assert_eq!(
+        presence.nodes(&alice).await.expect("nodes"),
+        vec![a.clone()]
+    );
+    assert_eq!(presence.nodes(&bob).await.expect("nodes"), vec![b.clone()]);
+    presence
+        .remove(&alice, &b)
+        .await
+        .expect("a second remove is harmless");
+
+    // Each node's entry expires on its own; touching renews it.
+    tokio::time::sleep(ttl * 2 / 3).await;
+    presence.touch(&alice, &a, ttl).await.expect("touch");
+    tokio::time::sleep(ttl * 2 / 3).await;
+    assert_eq!(
+        presence.nodes(&alice).await.expect("nodes"),
+        vec![a.clone()],
+        "renewed"
+    );
+    assert!(
+        !presence.is_online(&bob).await.expect("online"),
+        "bob's entry expired"
+    );
+    assert!(presence.nodes(&bob).await.expect("nodes").is_empty());
+    presence.remove(&alice, &a).await.expect("remove");
+    assert!(!presence.is_online(&alice).await.expect("online"));
+}
+
+/// What every [`Discovery`](crate::ports::Discovery) must do; `ttl` is the leases' TTL.
+pub async fn discovery_suite(discovery: &dyn crate::ports::Discovery, ttl: std::time::Duration) {
+    use crate::ports::{DiscoveryError, NodeEvent, NodeInfo, NodeRole};
+    let p = unique("disco");
+    let info = |name: &str, role, port: u16| NodeInfo {
+        id: node_id(&p, name),
+        role,
+        addr: format!("10.0.0.{port}:9000"),
+    };
+    let (gw1, gw2, gw3) = (
+        info("gw1", NodeRole::Gateway, 1),
+        info("gw2", NodeRole::Gateway, 2),
+        info("gw3", NodeRole::Gateway, 3),
+    );
+    let ingest = info("in1", NodeRole::Ingest, 4);
+    let ours = |n: &NodeInfo| n.id.as_str().starts_with(&p);
+    let list = async |role| {
+        discovery
+            .list(role)
+            .await
+            .expect("list")
+            .into_iter()
+            .filter(|n| ours(n))
+            .collect::<Vec<_>>()
+    };
+
+    let lease2 = discovery
+        .register(gw2.clone(), ttl)
+        .await
+        .expect("register");
+    let lease1 = discovery
+        .register(gw1.clone(), ttl)
+        .await
+        .expect("register");
+    let lease_in = discovery
+        .register(ingest.clone(), ttl)
+        .await
+        .expect("register");
+    assert_eq!(
+        list(NodeRole::Gateway).await,
+        vec![gw1.clone(), gw2.clone()]
+    );
+    assert_eq!(list(NodeRole::Ingest).await, vec![ingest.clone()]);
+    assert!(list(NodeRole::Worker).await.is_empty());
+    assert_eq!(
+        discovery
+            .register(gw1.clone(), ttl)
+            .await
+            .err()
+            .expect("a live id cannot be taken"),
+        DiscoveryError::Taken(gw1.id.clone())
+    );
+
+    // A watch starts with what is there, then follows its role only.
+    let mut watch = discovery.watch(NodeRole::Gateway).await.expect("watch");
+    let mut next = async || loop {
+        match watch.next().await.expect("discovery is alive") {
+            NodeEvent::Up(n) if !ours(&n) => {}
+            NodeEvent::Down(id) if !id.as_str().starts_with(&p) => {}
+            ev => return ev,
+        }
+    };
+    let mut initial = vec![next().await, next().await];
+    initial.sort_by_key(|e| format!("{e:?}"));
+    assert_eq!(
+        initial,
+        vec![NodeEvent::Up(gw1.clone()), NodeEvent::Up(gw2.clone())]
+    );
+    let lease3 = discovery
+        .register(gw3.clone(), ttl)
+        .await
+        .expect("register");
+    lease_in.revoke().await.expect("revoke");
+    assert_eq!(next().await, NodeEvent::Up(gw3.clone()), "no ingest events");
+    lease1.revoke().await.expect("revoke");
+    assert_eq!(next().await, NodeEvent::Down(gw1.id.clone()));
+    assert!(list(NodeRole::Ingest).await.is_empty());
+
+    // Keep-alive: gw2 is kept, gw3 is not.
+    assert!(lease2.keep_alive_every() <= ttl / 2);
+    for _ in 0..4 {
+        tokio::time::sleep(ttl / 3).await;
+        lease2.keep_alive().await.expect("keep alive");
+    }
+    assert_eq!(list(NodeRole::Gateway).await, vec![gw2.clone()]);
+    assert_eq!(
+        lease3.keep_alive().await,
+        Err(DiscoveryError::Expired(gw3.id.clone())),
+        "too late: register again"
+    );
+    let lease3 = discovery
+        .register(gw3.clone(), ttl)
+        .await
+        .expect("an expired id can be registered again");
+    assert_eq!(
+        list(NodeRole::Gateway).await,
+        vec![gw2.clone(), gw3.clone()]
+    );
+    lease2.revoke().await.expect("revoke");
+    lease3.revoke().await.expect("revoke");
+    assert!(list(NodeRole::Gateway).await.is_empty());
+}
+
 #[cfg(test)]
 mod tests {
     #[tokio::test]

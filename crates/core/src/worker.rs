@@ -23,6 +23,7 @@ use crate::ids::RoomId;
 use crate::metrics::Metrics;
 use crate::model::{InboundMessage, RoomBatch, RoomMsg};
 use crate::ports::{BusConsumer, BusError, Delivery, RouteTable};
+use crate::route_cache::RouteCache;
 
 /// Room state kept by a worker; dropped after this long without messages.
 const ROOM_IDLE_EVICT: Duration = Duration::from_secs(300);
@@ -45,7 +46,8 @@ struct RoomState {
 pub struct RoomWorker {
     cfg: WorkerConfig,
     history: Arc<History>,
-    routes: Arc<dyn RouteTable>,
+    /// `nodes(room)` per flush, read from the table only when it changed (or `route_cache_ms`).
+    routes: RouteCache,
     delivery: Arc<dyn Delivery>,
     metrics: Arc<Metrics>,
     /// The current batch window in microseconds (adaptive, see the module docs).
@@ -92,9 +94,13 @@ impl RoomWorker {
             .set((cfg.batch_window_ms * 1000) as i64);
         RoomWorker {
             window_us: AtomicU64::new(cfg.batch_window_ms * 1000),
+            routes: RouteCache::new(
+                routes,
+                Duration::from_millis(cfg.route_cache_ms),
+                metrics.clone(),
+            ),
             cfg,
             history,
-            routes,
             delivery,
             metrics,
         }
@@ -283,8 +289,8 @@ impl RoomWorker {
         }
         match self.routes.nodes(room).await {
             Ok(nodes) => {
-                for node in nodes {
-                    if let Err(e) = self.delivery.deliver(&node, batch.clone()).await {
+                for node in nodes.iter() {
+                    if let Err(e) = self.delivery.deliver(node, batch.clone()).await {
                         tracing::warn!(room = %room, node = %node, error = %e, "delivery failed");
                     }
                 }
@@ -345,6 +351,10 @@ mod tests {
         let (bus, mut consumers) = MemoryBus::new(1, 1000);
         let route_table = Arc::new(MemoryRoutes::default());
         for (room, node) in routes {
+            route_table
+                .renew(&NodeId::new(node), Duration::from_secs(3600))
+                .await
+                .unwrap();
             route_table
                 .add(&RoomId::parse(room).unwrap(), &NodeId::new(node))
                 .await

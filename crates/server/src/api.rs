@@ -4,7 +4,9 @@
 //! Publishing goes through ingest like any message (trusted: no rate limits, no word filter);
 //! moderation goes through the `Moderation` port (shared by every gateway in the distributed
 //! mode) and then closes the user's live connections; critical messages go through the
-//! gateway's per-user ack tracking.
+//! gateway's per-user ack tracking. Whatever acts on connections — kicks, ban disconnects,
+//! critical messages, broadcasts — goes through the `Control` port, which reaches the gateway
+//! node(s) holding the user (or every node), so the same handlers serve one node or many.
 
 use std::sync::Arc;
 
@@ -23,7 +25,7 @@ use roomcast_core::ids::{RoomId, UserId};
 use roomcast_core::ingest::{ChatRequest, IngestError, IngestService};
 use roomcast_core::model::MsgKind;
 use roomcast_core::outbox::{NewOutboxRow, OutboxRelay};
-use roomcast_core::ports::{PendingCritical, Sanction};
+use roomcast_core::ports::{Command, Control, ControlTarget, CriticalMsg, Sanction};
 use roomcast_proto::ws::close;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,6 +41,8 @@ pub const MAX_PAYLOAD_BYTES: usize = 8192;
 
 pub struct ApiState {
     pub gateway: Arc<Gateway>,
+    /// Commands for the gateway nodes (kicks, critical messages, broadcasts).
+    pub control: Arc<dyn Control>,
     pub ingest: Arc<IngestService>,
     pub keys: Vec<String>,
     /// The outbox and its relay (none with a memory:// store).
@@ -394,12 +398,16 @@ async fn publish(
         name,
     } = fields;
     if critical {
-        let msg_id = s.ingest.next_id().0;
-        let users = s.gateway.room_users(&room);
-        let n = users.len();
-        if let Err(e) = send_critical_to(&s, users, msg_id, kind, Some(room), text, payload).await {
-            return e.into_response();
-        }
+        let msg = critical_msg(&s, kind, Some(room.clone()), text, payload);
+        let msg_id = msg.msg_id;
+        let n = match s
+            .control
+            .send(ControlTarget::AllNodes, Command::RoomCritical { room, msg })
+            .await
+        {
+            Ok(report) => report.count,
+            Err(e) => return unavailable(e).into_response(),
+        };
         return (
             StatusCode::ACCEPTED,
             Json(json!({ "msg_id": msg_id.to_string(), "recipients": n })),
@@ -490,31 +498,39 @@ async fn outbox_insert(State(s): St, b: Result<Json<OutboxReq>, JsonRejection>) 
 
 // ---- critical --------------------------------------------------------------------------------
 
-async fn send_critical_to(
+/// A new critical message (its id taken now).
+fn critical_msg(
     s: &ApiState,
-    users: Vec<UserId>,
-    msg_id: u64,
     kind: MsgKind,
     room: Option<RoomId>,
     text: Option<String>,
     payload: Option<String>,
+) -> CriticalMsg {
+    CriticalMsg {
+        msg_id: s.ingest.next_id().0,
+        kind: kind.as_str().to_owned(),
+        room,
+        text,
+        payload,
+        ts: now_ms(),
+    }
+}
+
+/// Records `msg` for each user and pushes it wherever the user is connected; returns how many
+/// of them were connected somewhere.
+async fn send_critical_to(
+    s: &ApiState,
+    users: Vec<UserId>,
+    msg: &CriticalMsg,
 ) -> Result<usize, ApiError> {
-    let ts = now_ms();
     let mut online = 0;
     for user in users {
-        let p = PendingCritical {
-            user,
-            msg_id,
-            kind: kind.as_str().to_owned(),
-            room: room.clone(),
-            text: text.clone(),
-            payload: payload.clone(),
-            ts,
-            attempts: 0,
-            next_retry_ms: 0,
+        let command = Command::Critical {
+            user: user.clone(),
+            msg: msg.clone(),
         };
-        match s.gateway.send_critical(p).await {
-            Ok(n) => online += usize::from(n > 0),
+        match s.control.send(ControlTarget::User(user), command).await {
+            Ok(report) => online += usize::from(report.count > 0),
             Err(e) => return Err(unavailable(e)),
         }
     }
@@ -574,9 +590,10 @@ async fn critical(State(s): St, b: Result<Json<CriticalReq>, JsonRejection>) -> 
             Ok(v) => v,
             Err(e) => return e.into_response(),
         };
-    let msg_id = s.ingest.next_id().0;
+    let msg = critical_msg(&s, kind, room, text, payload);
+    let msg_id = msg.msg_id;
     let n = users.len();
-    match send_critical_to(&s, users, msg_id, kind, room, text, payload).await {
+    match send_critical_to(&s, users, &msg).await {
         Ok(online) => (
             StatusCode::ACCEPTED,
             Json(json!({ "msg_id": msg_id.to_string(), "recipients": n, "online": online })),
@@ -617,16 +634,19 @@ async fn broadcast(State(s): St, b: Result<Json<BroadcastReq>, JsonRejection>) -
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
-    let msg_id = s.ingest.next_id().0;
-    let users = s.gateway.online_users();
-    let n = users.len();
-    match send_critical_to(&s, users, msg_id, kind, None, text, payload).await {
-        Ok(_) => (
+    let msg = critical_msg(&s, kind, None, text, payload);
+    let msg_id = msg.msg_id;
+    match s
+        .control
+        .send(ControlTarget::AllNodes, Command::Broadcast { msg })
+        .await
+    {
+        Ok(report) => (
             StatusCode::ACCEPTED,
-            Json(json!({ "msg_id": msg_id.to_string(), "recipients": n })),
+            Json(json!({ "msg_id": msg_id.to_string(), "recipients": report.count })),
         )
             .into_response(),
-        Err(e) => e.into_response(),
+        Err(e) => unavailable(e).into_response(),
     }
 }
 
@@ -700,7 +720,10 @@ async fn ban(State(s): St, Path(user): Path<String>, b: axum::body::Bytes) -> Re
     } else {
         format!("banned: {}", sanction.reason)
     };
-    let closed = s.gateway.kick_user(&user, close::BANNED, "banned", &reason);
+    let closed = match kick_everywhere(&s, &user, close::BANNED, "banned", reason).await {
+        Ok(n) => n,
+        Err(e) => return e.into_response(),
+    };
     Json(json!({ "user_id": user.as_str(), "until_ms": sanction.until_ms, "closed_connections": closed }))
         .into_response()
 }
@@ -783,8 +806,33 @@ async fn kick(State(s): St, Path(user): Path<String>, b: axum::body::Bytes) -> R
         Err(e) => return e.into_response(),
     };
     let reason = reason.unwrap_or_else(|| "removed by a moderator".to_owned());
-    let closed = s.gateway.kick_user(&user, close::KICKED, "kicked", &reason);
-    Json(json!({ "user_id": user.as_str(), "closed_connections": closed })).into_response()
+    match kick_everywhere(&s, &user, close::KICKED, "kicked", reason).await {
+        Ok(closed) => {
+            Json(json!({ "user_id": user.as_str(), "closed_connections": closed })).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// Closes the user's connections on every node that holds them; returns how many.
+async fn kick_everywhere(
+    s: &ApiState,
+    user: &UserId,
+    close_code: u16,
+    code: &str,
+    reason: String,
+) -> Result<usize, ApiError> {
+    let command = Command::Kick {
+        user: user.clone(),
+        close_code,
+        code: code.to_owned(),
+        reason,
+    };
+    s.control
+        .send(ControlTarget::User(user.clone()), command)
+        .await
+        .map(|r| r.count)
+        .map_err(unavailable)
 }
 
 // ---- request bodies without HTTP --------------------------------------------------------------

@@ -18,7 +18,7 @@ use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
 use roomcast_backends::sqlite_acks::SqliteAckStore;
 use roomcast_backends::sqlite_outbox::SqliteOutbox;
 use roomcast_core::gateway::limits::Bucket;
-use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, LocalDelivery};
+use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, LocalControl, LocalDelivery};
 use roomcast_core::history::History;
 use roomcast_core::ids::NodeId;
 use roomcast_core::ingest::IngestService;
@@ -190,6 +190,8 @@ pub async fn start_with_handlers(
         },
         handlers,
     );
+    // The node's routes are visible only under its lease: take it before the first join.
+    gateway.renew_routes().await;
     let delivery = Arc::new(LocalDelivery::new(gateway.clone()));
     let workers = consumers
         .into_iter()
@@ -217,7 +219,8 @@ pub async fn start_with_handlers(
     );
     {
         // Housekeeping of the in-memory adapters.
-        let (presence, limiter, history, metrics) = (
+        let (routes, presence, limiter, history, metrics) = (
+            routes.clone(),
             presence.clone(),
             memory_limiter.clone(),
             history.clone(),
@@ -242,6 +245,7 @@ pub async fn start_with_handlers(
                 tokio::select! {
                     _ = stop.wait_for(|v| *v) => return,
                     _ = tick.tick() => {
+                        routes.sweep();
                         presence.sweep();
                         if let Some(limiter) = &limiter {
                             limiter.sweep(max_idle);
@@ -295,6 +299,7 @@ pub async fn start_with_handlers(
         },
         Arc::new(crate::api::ApiState {
             gateway: gateway.clone(),
+            control: Arc::new(LocalControl::new(gateway.clone())),
             ingest: api_ingest,
             keys: api_keys,
             outbox,
@@ -352,6 +357,8 @@ impl Running {
             let _ = w.await;
         }
         self.gateway.shutdown(self.grace).await;
+        // Nothing more is delivered here: the node leaves every room's route in one call.
+        self.gateway.drop_routes().await;
         let _ = self.stop_background.send(true);
         let _ = self.http_task.await;
         self.store

@@ -12,6 +12,7 @@
 //! goes beyond this node (that is the room worker and the route table).
 
 pub mod conn;
+mod control;
 mod critical;
 pub mod limits;
 pub mod outgoing;
@@ -43,6 +44,7 @@ use crate::model::RoomBatch;
 use crate::ports::{Delivery, DeliveryError, Moderation, Presence, RouteTable};
 use crate::shard::Sharded;
 use conn::{Closing, Conn, SendLimits, Sent};
+pub use control::LocalControl;
 use outgoing::Outgoing;
 use registry::{Registry, Room, Snapshot};
 pub use session::{Handler, HandlerTable};
@@ -105,6 +107,10 @@ pub struct Gateway {
     retrying: AtomicBool,
     /// Rooms created on this node (`gateway.new_room_limit`).
     new_rooms: Mutex<limits::Bucket>,
+    /// Rooms whose last local member left, whose route is removed `route_linger_ms` later
+    /// unless a join comes first: room → the token of the pending removal.
+    lingering: Mutex<HashMap<RoomId, u64>>,
+    next_linger: AtomicU64,
 }
 
 impl Gateway {
@@ -129,6 +135,8 @@ impl Gateway {
             critical_schedule: Mutex::new(std::collections::BinaryHeap::new()),
             retrying: AtomicBool::new(false),
             new_rooms: Mutex::new(limits::Bucket::new(&cfg.new_room_limit, 0)),
+            lingering: Mutex::new(HashMap::new()),
+            next_linger: AtomicU64::new(1),
             cfg,
         })
     }
@@ -264,33 +272,94 @@ impl Gateway {
         self.deps.metrics.room_memberships.inc();
         if change.edge {
             self.deps.metrics.rooms.inc();
-            if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
-                tracing::error!(room = %room, error = %e, "cannot add route");
+            // A route kept after the last member left is still there: nothing to write.
+            let kept = self.lingering.lock().remove(room).is_some();
+            if !kept {
+                self.deps.metrics.route_writes.inc();
+                if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
+                    tracing::error!(room = %room, error = %e, "cannot add route");
+                }
             }
         }
         self.online_dirty.lock().insert(room.clone());
         change.members
     }
 
-    pub(crate) async fn leave_room(&self, room: &RoomId, conn: &Conn) -> bool {
+    pub(crate) async fn leave_room(self: &Arc<Self>, room: &RoomId, conn: &Conn) -> bool {
         let Some(change) = self.registry.remove(room, conn) else {
             return false;
         };
         self.deps.metrics.room_memberships.dec();
         if change.edge {
             self.deps.metrics.rooms.dec();
-            if let Err(e) = self.deps.routes.remove(room, &self.deps.node).await {
-                tracing::error!(room = %room, error = %e, "cannot remove route");
-            }
-            // Someone may have joined while the route was being removed.
-            if self.registry.members(room) > 0
-                && let Err(e) = self.deps.routes.add(room, &self.deps.node).await
-            {
-                tracing::error!(room = %room, error = %e, "cannot restore route");
+            let linger = self.cfg.route_linger_ms;
+            if linger == 0 {
+                self.remove_route(room).await;
+            } else {
+                // Damped: the route goes only if the room is still empty `linger` from now.
+                let token = self.next_linger.fetch_add(1, Relaxed);
+                self.lingering.lock().insert(room.clone(), token);
+                let (gw, room) = (self.clone(), room.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(linger)).await;
+                    {
+                        let mut lingering = gw.lingering.lock();
+                        if lingering.get(&room) != Some(&token) {
+                            return; // a join took the route back (or a later leave owns it)
+                        }
+                        lingering.remove(&room);
+                    }
+                    if gw.registry.members(&room) == 0 {
+                        gw.remove_route(&room).await;
+                    }
+                });
             }
         }
         self.online_dirty.lock().insert(room.clone());
         true
+    }
+
+    async fn remove_route(&self, room: &RoomId) {
+        self.deps.metrics.route_writes.inc();
+        if let Err(e) = self.deps.routes.remove(room, &self.deps.node).await {
+            tracing::error!(room = %room, error = %e, "cannot remove route");
+        }
+        // Someone may have joined while the route was being removed.
+        if self.registry.members(room) > 0 {
+            self.deps.metrics.route_writes.inc();
+            if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
+                tracing::error!(room = %room, error = %e, "cannot restore route");
+            }
+        }
+    }
+
+    /// Rooms whose route is kept for a while after their last local member left.
+    pub fn lingering_routes(&self) -> usize {
+        self.lingering.lock().len()
+    }
+
+    /// Starts or extends the lease on this node's routes (`route_lease_s`); the background
+    /// duties call it every third of the lease.
+    pub async fn renew_routes(&self) {
+        if let Err(e) = self
+            .deps
+            .routes
+            .renew(&self.deps.node, self.cfg.route_lease())
+            .await
+        {
+            tracing::error!(node = %self.deps.node, error = %e, "cannot renew the route lease");
+        }
+    }
+
+    /// Removes every route of this node at once (after a drain, when nothing more will be
+    /// delivered here).
+    pub async fn drop_routes(&self) {
+        self.lingering.lock().clear();
+        self.deps.metrics.route_writes.inc();
+        match self.deps.routes.drop_node(&self.deps.node).await {
+            Ok(n) => tracing::info!(node = %self.deps.node, rooms = n, "routes removed"),
+            Err(e) => tracing::error!(node = %self.deps.node, error = %e, "cannot remove routes"),
+        }
     }
 
     /// Members of a room on this node.
@@ -309,20 +378,30 @@ impl Gateway {
 
     /// `logout`: leaves the rooms and forgets the user on this connection (presence too when it
     /// was the user's last connection here); the connection itself stays until it closes.
-    pub(crate) async fn logout(&self, conn: &Arc<Conn>, user: Option<&UserId>, rooms: &[RoomId]) {
+    pub(crate) async fn logout(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        user: Option<&UserId>,
+        rooms: &[RoomId],
+    ) {
         for room in rooms {
             self.leave_room(room, conn).await;
         }
         if let Some(user) = user
             && self.unregister_user(user, conn)
-            && let Err(e) = self.deps.presence.remove(user).await
+            && let Err(e) = self.deps.presence.remove(user, &self.deps.node).await
         {
             tracing::warn!(user = %user, error = %e, "cannot clear presence");
         }
     }
 
     /// Called by the session when a connection ends.
-    pub(crate) async fn cleanup(&self, conn: &Arc<Conn>, user: Option<&UserId>, rooms: &[RoomId]) {
+    pub(crate) async fn cleanup(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        user: Option<&UserId>,
+        rooms: &[RoomId],
+    ) {
         self.logout(conn, user, rooms).await;
         if self
             .conns
@@ -566,6 +645,9 @@ impl Gateway {
         let retry_every =
             Duration::from_millis((self.cfg.critical_retry_base_ms / 10).clamp(10, 250));
         let mut retry = tokio::time::interval(retry_every);
+        let mut lease = tokio::time::interval(self.cfg.route_lease() / 3);
+        let renewing = Arc::new(AtomicBool::new(false));
+        lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         online.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -576,6 +658,14 @@ impl Gateway {
                 _ = sweep.tick() => self.sweep(),
                 _ = online.tick() => self.push_online(),
                 // In its own task: store round trips must not delay timeouts or shutdown.
+                // Also in its own task: a slow route table must not delay the rest.
+                _ = lease.tick() => if !renewing.swap(true, Relaxed) {
+                    let (gw, renewing) = (self.clone(), renewing.clone());
+                    tokio::spawn(async move {
+                        gw.renew_routes().await;
+                        renewing.store(false, Relaxed);
+                    });
+                },
                 _ = retry.tick() => if !self.retrying.swap(true, Relaxed) {
                     let gw = self.clone();
                     tokio::spawn(async move {

@@ -694,7 +694,7 @@ async fn complete_login(
     if let Err(e) = gw
         .deps()
         .presence
-        .touch(&identity.user, gw.config().silence_timeout())
+        .touch(&identity.user, gw.node(), gw.config().silence_timeout())
         .await
     {
         tracing::warn!(user = %identity.user, error = %e, "cannot record presence");
@@ -801,7 +801,7 @@ impl Handler for HeartbeatHandler {
                     .gw
                     .deps()
                     .presence
-                    .touch(user, cx.gw.config().silence_timeout())
+                    .touch(user, cx.gw.node(), cx.gw.config().silence_timeout())
                     .await
             {
                 tracing::warn!(user = %user, error = %e, "cannot refresh presence");

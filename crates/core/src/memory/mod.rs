@@ -3,6 +3,7 @@
 
 mod acks;
 mod bus;
+mod discovery;
 mod moderation;
 mod presence;
 mod ratelimit;
@@ -11,6 +12,7 @@ mod store;
 
 pub use acks::MemoryAckStore;
 pub use bus::{MemoryBus, MemoryConsumer, partition_of};
+pub use discovery::MemoryDiscovery;
 pub use moderation::MemoryModeration;
 pub use presence::MemoryPresence;
 pub use ratelimit::MemoryRateLimiter;

@@ -1,4 +1,5 @@
-//! In-memory presence (`presence:{userId}` with a TTL).
+//! In-memory presence (`presence:{userId}`): for each user, the gateway nodes holding the user's
+//! connections, each with its own expiry. Time is tokio's clock, so tests can pause it.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -6,12 +7,12 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::BoxFut;
-use crate::ids::UserId;
+use crate::ids::{NodeId, UserId};
 use crate::ports::{Presence, RouteError};
 use crate::shard::Sharded;
 
 pub struct MemoryPresence {
-    users: Sharded<HashMap<UserId, Instant>>,
+    users: Sharded<HashMap<UserId, Vec<(NodeId, Instant)>>>,
 }
 
 impl Default for MemoryPresence {
@@ -22,38 +23,76 @@ impl Default for MemoryPresence {
     }
 }
 
+fn ready<T: Send + 'static>(v: T) -> BoxFut<'static, T> {
+    Box::pin(std::future::ready(v))
+}
+
 impl MemoryPresence {
     /// Drops expired entries; call periodically.
     pub fn sweep(&self) {
         let now = Instant::now();
         for shard in self.users.iter() {
-            shard.lock().retain(|_, until| *until > now);
+            shard.lock().retain(|_, nodes| {
+                nodes.retain(|(_, until)| *until > now);
+                !nodes.is_empty()
+            });
         }
     }
-}
 
-impl Presence for MemoryPresence {
-    fn touch(&self, user: &UserId, ttl: Duration) -> BoxFut<'_, Result<(), RouteError>> {
-        self.users
-            .for_key(user)
-            .lock()
-            .insert(user.clone(), Instant::now() + ttl);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn remove(&self, user: &UserId) -> BoxFut<'_, Result<(), RouteError>> {
-        self.users.for_key(user).lock().remove(user);
-        Box::pin(std::future::ready(Ok(())))
-    }
-
-    fn is_online(&self, user: &UserId) -> BoxFut<'_, Result<bool, RouteError>> {
-        let online = self
+    fn live_nodes(&self, user: &UserId) -> Vec<NodeId> {
+        let now = Instant::now();
+        let mut nodes: Vec<NodeId> = self
             .users
             .for_key(user)
             .lock()
             .get(user)
-            .is_some_and(|until| *until > Instant::now());
-        Box::pin(std::future::ready(Ok(online)))
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|(_, until)| *until > now)
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        nodes.sort();
+        nodes
+    }
+}
+
+impl Presence for MemoryPresence {
+    fn touch(
+        &self,
+        user: &UserId,
+        node: &NodeId,
+        ttl: Duration,
+    ) -> BoxFut<'_, Result<(), RouteError>> {
+        let until = Instant::now() + ttl;
+        let mut shard = self.users.for_key(user).lock();
+        let nodes = shard.entry(user.clone()).or_default();
+        match nodes.iter_mut().find(|(n, _)| n == node) {
+            Some(entry) => entry.1 = until,
+            None => nodes.push((node.clone(), until)),
+        }
+        ready(Ok(()))
+    }
+
+    fn remove(&self, user: &UserId, node: &NodeId) -> BoxFut<'_, Result<(), RouteError>> {
+        let mut shard = self.users.for_key(user).lock();
+        if let Some(nodes) = shard.get_mut(user) {
+            nodes.retain(|(n, _)| n != node);
+            if nodes.is_empty() {
+                shard.remove(user);
+            }
+        }
+        ready(Ok(()))
+    }
+
+    fn nodes(&self, user: &UserId) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>> {
+        ready(Ok(self.live_nodes(user)))
+    }
+
+    fn is_online(&self, user: &UserId) -> BoxFut<'_, Result<bool, RouteError>> {
+        ready(Ok(!self.live_nodes(user).is_empty()))
     }
 }
 
@@ -62,16 +101,26 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn expires_after_ttl() {
+    async fn passes_the_presence_suite() {
+        crate::testkit::presence_suite(&MemoryPresence::default(), Duration::from_secs(60)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sweep_forgets_expired_entries_only() {
         let p = MemoryPresence::default();
         let u = UserId::parse("u").unwrap();
-        p.touch(&u, Duration::from_secs(10)).await.unwrap();
-        assert!(p.is_online(&u).await.unwrap());
-        tokio::time::advance(Duration::from_secs(11)).await;
-        assert!(!p.is_online(&u).await.unwrap());
+        let (a, b) = (NodeId::new("a"), NodeId::new("b"));
+        p.touch(&u, &a, Duration::from_secs(5)).await.unwrap();
+        p.touch(&u, &b, Duration::from_secs(50)).await.unwrap();
+        tokio::time::advance(Duration::from_secs(6)).await;
         p.sweep();
-        p.touch(&u, Duration::from_secs(10)).await.unwrap();
-        p.remove(&u).await.unwrap();
-        assert!(!p.is_online(&u).await.unwrap());
+        let held: Vec<NodeId> = p.users.for_key(&u).lock()[&u]
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(held, vec![b]);
+        tokio::time::advance(Duration::from_secs(50)).await;
+        p.sweep();
+        assert!(p.users.for_key(&u).lock().is_empty(), "the user is gone");
     }
 }

@@ -220,3 +220,127 @@ async fn a_big_room_written_by_parallel_tasks_keeps_order_and_loses_nothing() {
     let passes = s.running().metrics.fanout_pass_big.count() - passes_before;
     assert!(passes >= 1, "the parallel path was taken");
 }
+
+/// Route damping (R6 with Centrifugo's lesson): a viewer flapping in and out of a room writes
+/// no route; the node leaves the room's route `route_linger_ms` after its last member left,
+/// and not before.
+#[tokio::test]
+async fn a_rooms_route_lingers_after_its_last_member_leaves() {
+    use roomcast_core::ids::RoomId;
+    use roomcast_core::ports::RouteChange;
+    let linger = std::time::Duration::from_millis(300);
+    let s = TestServer::start_with(|c| c.gateway.route_linger_ms = linger.as_millis() as u64).await;
+    let gw = s.running().gateway.clone();
+    let routes = gw.deps().routes.clone();
+    let room = RoomId::parse("flap").unwrap();
+    let mut watch = routes.watch();
+
+    let writes = || s.running().metrics.route_writes.get();
+    let mut viewer = s.client("viewer").await;
+    viewer.join("flap").await;
+    assert_eq!(
+        watch.try_next(),
+        Some(RouteChange::Room(room.clone())),
+        "added"
+    );
+    assert_eq!(writes(), 1);
+    for _ in 0..3 {
+        let p = viewer.call(Op::Leave, json!({ "room_id": "flap" })).await;
+        assert_eq!(p.op, "leave_ok");
+        viewer.join("flap").await;
+    }
+    assert_eq!(watch.try_next(), None, "no route changes while flapping");
+    assert_eq!(writes(), 1, "no route writes while flapping");
+
+    let left = tokio::time::Instant::now();
+    let p = viewer.call(Op::Leave, json!({ "room_id": "flap" })).await;
+    assert_eq!(p.op, "leave_ok");
+    assert_eq!(routes.nodes(&room).await.unwrap(), [gw.node().clone()]);
+    assert_eq!(gw.lingering_routes(), 1);
+    assert_eq!(watch.next().await, Some(RouteChange::Room(room.clone())));
+    assert!(
+        left.elapsed() >= linger,
+        "removed after {:?}",
+        left.elapsed()
+    );
+    assert!(routes.nodes(&room).await.unwrap().is_empty(), "removed");
+    assert_eq!(gw.lingering_routes(), 0);
+    assert_eq!(writes(), 2);
+
+    // The next first member adds the route again, and messages flow.
+    viewer.join("flap").await;
+    assert_eq!(watch.try_next(), Some(RouteChange::Room(room.clone())));
+    viewer.chat("flap", "back").await;
+    assert_eq!(viewer.expect("room_msg").await.body["text"], "back");
+}
+
+/// Room workers cache a room's route: many batches, one route table read — until the route
+/// changes, which the next batch sees.
+#[tokio::test]
+async fn a_busy_room_reads_its_route_once_until_it_changes() {
+    let s = TestServer::start_with(|c| {
+        raise_limits(c);
+        c.worker.route_cache_ms = 60_000;
+    })
+    .await;
+    let metrics = s.running().metrics.clone();
+    let mut a = s.client("a").await;
+    a.join("busy").await;
+    let batches_before = metrics.batches.get();
+    for i in 0..20 {
+        a.chat("busy", &format!("m{i}")).await;
+        a.expect("room_msg").await;
+    }
+    assert!(metrics.batches.get() - batches_before >= 20, "a batch each");
+    assert_eq!(metrics.route_reads.get(), 1, "one read for every batch");
+
+    // A second node's worth of change: the route is re-read at once, not after 60 s.
+    let routes = s.running().gateway.deps().routes.clone();
+    let room = roomcast_core::ids::RoomId::parse("busy").unwrap();
+    routes
+        .remove(&room, s.running().gateway.node())
+        .await
+        .unwrap();
+    a.chat("busy", "unrouted").await;
+    // Its batch read the changed (empty) route.
+    s.eventually("the route is read again", |r| {
+        r.metrics.route_reads.get() == 2
+    })
+    .await;
+    routes.add(&room, s.running().gateway.node()).await.unwrap();
+    a.chat("busy", "routed again").await;
+    let m = a.expect("room_msg").await.body;
+    assert_eq!(
+        m["text"], "routed again",
+        "the unrouted message went nowhere"
+    );
+    assert_eq!(metrics.route_reads.get(), 3);
+}
+
+/// The node renews its route lease (every third of `route_lease_s`), so its routes outlive the
+/// lease; at shutdown it removes them all at once.
+#[tokio::test]
+async fn routes_outlive_their_lease_while_renewed_and_go_at_shutdown() {
+    use roomcast_core::ids::RoomId;
+    use roomcast_core::ports::RouteChange;
+    let s = TestServer::start_with(|c| c.gateway.route_lease_s = 1).await;
+    let gw = s.running().gateway.clone();
+    let routes = gw.deps().routes.clone();
+    let mut a = s.client("a").await;
+    a.join("kept").await;
+    let room = RoomId::parse("kept").unwrap();
+    let mut watch = routes.watch();
+    // Nothing to await: an expiry is the absence of renewals. Two leases long, no change.
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(2), watch.next()).await;
+    assert!(waited.is_err(), "no route change: {waited:?}");
+    assert_eq!(routes.nodes(&room).await.unwrap(), [gw.node().clone()]);
+    a.chat("kept", "still routed").await;
+    assert_eq!(a.expect("room_msg").await.body["text"], "still routed");
+
+    let node = gw.node().clone();
+    drop(gw);
+    a.close().await;
+    s.stop().await;
+    assert_eq!(watch.try_next(), Some(RouteChange::Node(node)));
+    assert!(routes.nodes(&room).await.unwrap().is_empty());
+}

@@ -182,3 +182,34 @@ async fn values_that_would_panic_are_refused_at_start_with_the_key_named() {
         .to_string();
     assert!(err.contains("gateway.join_limit"), "{err}");
 }
+
+/// Presence says where a user is: the node holding their connections, until the last of them
+/// ends (a second connection keeps it).
+#[tokio::test]
+async fn presence_names_the_node_until_the_users_last_connection_ends() {
+    let s = TestServer::start().await;
+    let presence = s.running().gateway.deps().presence.clone();
+    let node = s.running().gateway.node().clone();
+    let user = UserId::parse("roamer").unwrap();
+    assert!(presence.nodes(&user).await.unwrap().is_empty());
+
+    let first = s.client("roamer").await;
+    let mut second = s.client("roamer").await;
+    assert_eq!(
+        presence.nodes(&user).await.unwrap(),
+        std::slice::from_ref(&node)
+    );
+    first.close().await;
+    s.eventually("the first connection is gone", |r| {
+        r.gateway.user_connections(&user).len() == 1
+    })
+    .await;
+    assert_eq!(
+        presence.nodes(&user).await.unwrap(),
+        [node],
+        "the second connection keeps it"
+    );
+    let p = second.call(Op::Logout, json!({})).await;
+    assert_eq!(p.op, "logout_ok");
+    assert!(!presence.is_online(&user).await.unwrap());
+}
