@@ -4,7 +4,11 @@
 //! leave nothing that a later run could trip over (keys expire or are per-run).
 #![cfg(feature = "redis")]
 
-use roomcast_backends::redis::{RedisAckStore, RedisConn, RedisModeration, RedisRateLimiter};
+use std::time::Duration;
+
+use roomcast_backends::redis::{
+    RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRouteTable,
+};
 use roomcast_core::ports::{Limit, LimitError, RateLimiter};
 use roomcast_core::{testkit, testkit_limits};
 
@@ -75,4 +79,53 @@ async fn an_unreachable_redis_is_a_clear_error() {
     assert!(err.to_string().contains("cannot connect to redis"), "{err}");
     let err = RedisConn::connect("http://nope", "x:").await.err().unwrap();
     assert!(err.to_string().contains("invalid redis url"), "{err}");
+}
+
+/// Leases are real time here (Redis keeps the time): a short TTL keeps the suite quick.
+const TTL: Duration = Duration::from_millis(600);
+
+#[tokio::test]
+async fn route_table_passes_the_port_suite() {
+    testkit::route_table_suite(&RedisRouteTable::new(conn().await), TTL).await;
+}
+
+#[tokio::test]
+async fn presence_passes_the_port_suite() {
+    testkit::presence_suite(&RedisPresence::new(conn().await), TTL).await;
+}
+
+/// A route change made through one node's table reaches another node's watch (the channel).
+#[tokio::test]
+async fn route_changes_reach_other_nodes() {
+    use roomcast_core::ids::{NodeId, RoomId};
+    use roomcast_core::ports::{RouteChange, RouteTable};
+    let a = conn().await;
+    let b = RedisConn::connect(&url(), a.prefix()).await.unwrap();
+    let (here, there) = (RedisRouteTable::new(a), RedisRouteTable::new(b));
+    let mut watch = there.watch();
+    let room = RoomId::parse(&format!("x{:08x}", fastrand::u32(..))).unwrap();
+    let node = NodeId::new("gw-a");
+    here.renew(&node, Duration::from_secs(5)).await.unwrap();
+    // The forwarder subscribes in the background: repeat the change until it is seen.
+    let seen = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            here.add(&room, &node).await.unwrap();
+            let wait = tokio::time::timeout(Duration::from_millis(200), async {
+                loop {
+                    match watch.next().await {
+                        Some(RouteChange::Room(r)) if r == room => return,
+                        Some(_) => {}
+                        None => panic!("the table is gone"),
+                    }
+                }
+            });
+            if wait.await.is_ok() {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(seen.is_ok(), "the other node saw the change");
+    assert_eq!(there.nodes(&room).await.unwrap(), vec![node.clone()]);
+    here.drop_node(&node).await.unwrap();
 }

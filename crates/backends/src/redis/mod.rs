@@ -1,5 +1,6 @@
-//! Redis adapters (feature `redis`): token buckets for ingest limits, bans and mutes, and the
-//! per-user ack store of critical messages — state every ingest and gateway node must share.
+//! Redis adapters (feature `redis`): token buckets for ingest limits, bans and mutes, the
+//! per-user ack store of critical messages, the route table with node leases and presence per
+//! node — state every ingest, gateway and worker node must share.
 //!
 //! One [`RedisConn`] per process: redis-rs's `ConnectionManager`, a multiplexed connection that
 //! reconnects by itself (a command during the outage fails with `Unavailable`, never hangs past
@@ -8,7 +9,8 @@
 //! rate limiter reads the Redis server's clock, so buckets agree across nodes whose clocks
 //! drift. Keys (R21): `ratelimit:{key}`, `ban:{user}`, `mute:{room}:{user}`,
 //! `ack:pending:{user}` (zset msg_id → next retry), `ack:msg:{user}` (hash msg_id → entry),
-//! `ack:count`.
+//! `ack:count`, `room:subs:{room}` (set of nodes), `node:lease:{node}`, `node:rooms:{node}`,
+//! `presence:{user}` (zset node → expiry); route changes go out on the channel `routes`.
 //!
 //! Nothing here decides behaviour: each adapter passes the same port suite as its in-memory
 //! counterpart (`roomcast_core::testkit`).
@@ -16,18 +18,23 @@
 mod acks;
 mod limiter;
 mod moderation;
+mod presence;
+mod routes;
 
 use std::time::Duration;
 
 pub use acks::RedisAckStore;
 pub use limiter::RedisRateLimiter;
 pub use moderation::RedisModeration;
+pub use presence::RedisPresence;
+pub use routes::RedisRouteTable;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 /// A shared, self-reconnecting connection and the key prefix.
 #[derive(Clone)]
 pub struct RedisConn {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
 }
@@ -52,13 +59,14 @@ impl RedisConn {
             .set_connection_timeout(Some(Duration::from_secs(2)))
             .set_response_timeout(Some(Duration::from_secs(2)))
             .set_number_of_retries(2);
-        let conn = ConnectionManager::new_with_config(client, config)
+        let conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(|e| RedisSetupError::Connect {
                 url: url.to_owned(),
                 reason: e.to_string(),
             })?;
         Ok(RedisConn {
+            client,
             conn,
             prefix: prefix.to_owned(),
         })
@@ -79,6 +87,10 @@ impl RedisConn {
             k.push_str(p);
         }
         k
+    }
+
+    fn client(&self) -> &redis::Client {
+        &self.client
     }
 
     fn conn(&self) -> ConnectionManager {

@@ -80,5 +80,9 @@ async fn a_users_chat_limit_holds_across_servers() {
             }
         }
     }
-    assert_eq!((accepted, limited), (4, 6), "one burst of 4 for both servers together");
+    assert_eq!(
+        (accepted, limited),
+        (4, 6),
+        "one burst of 4 for both servers together"
+    );
 }
