@@ -2,6 +2,8 @@
 //! of `roomcast-core`. Nothing here decides behaviour; every adapter must pass the same
 //! port test-suite as its in-memory counterpart.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
