@@ -1,0 +1,418 @@
+//! The MySQL-protocol message store (feature `mysql`, `mysql://user:password@host:port/db`):
+//! TiDB in production, MariaDB or MySQL locally (R22: `room_chat_message(room_id, msg_id, uid,
+//! content, created_at, …)` plus each room's stream position in `room_state`).
+//!
+//! Same contract as the SQLite store (`roomcast_core::ports::MessageStore`): one writer task
+//! takes batches from a bounded queue and writes what is queued in one transaction, in order —
+//! multi-row `INSERT`s of up to 500 rows — with the rooms' positions; a failed transaction is
+//! retried with backoff, never dropped while the process lives (the store reports its error
+//! meanwhile, so `/readyz` fails). Rows are keyed by `(room_id, epoch, seq)` and inserted with
+//! `INSERT IGNORE`, so a transaction retried after an ambiguous failure (a commit whose answer was
+//! lost) stores nothing twice. This store holds no outbox (`outbox_ids` are the SQLite store's
+//! duty in standalone; the distributed outbox comes with the roles).
+//!
+//! SQL kept to what TiDB, MySQL 8 and MariaDB 10.11 all run: `CREATE TABLE IF NOT EXISTS`,
+//! `INSERT IGNORE`, `INSERT … ON DUPLICATE KEY UPDATE`, no triggers, procedures or foreign keys.
+//! History is read in insertion order (`id`, `AUTO_INCREMENT`); on TiDB create the table with
+//! `AUTO_ID_CACHE 1` (docs/operations.md) so ids grow in commit order across TiDB servers.
+//!
+//! `previous_shutdown_clean` is kept per node (`meta` row `clean:{node}`): a node that crashed
+//! may have lost queued batches, so its rooms start new epochs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use roomcast_core::BoxFut;
+use roomcast_core::ids::RoomId;
+use roomcast_core::metrics::Metrics;
+use roomcast_core::model::{RoomBatch, RoomMsg};
+use roomcast_core::ports::{MessageStore, StoreError, StoredRoom};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{Row, query};
+use tokio::sync::{mpsc, oneshot};
+
+const SCHEMA: [&str; 3] = [
+    "CREATE TABLE IF NOT EXISTS room_chat_message (
+        id         BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        room_id    VARCHAR(64)  NOT NULL,
+        msg_id     BIGINT UNSIGNED NOT NULL,
+        uid        VARCHAR(128) NOT NULL,
+        content    TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        epoch      INT UNSIGNED NOT NULL,
+        seq        BIGINT UNSIGNED NOT NULL,
+        name       VARCHAR(255) NULL,
+        kind       VARCHAR(16) NOT NULL,
+        payload    TEXT NULL,
+        UNIQUE KEY room_chat_message_pos (room_id, epoch, seq),
+        KEY room_chat_message_room (room_id, id),
+        KEY room_chat_message_created (created_at)
+    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS room_state (
+        room_id  VARCHAR(64) NOT NULL PRIMARY KEY,
+        epoch    INT UNSIGNED NOT NULL,
+        last_seq BIGINT UNSIGNED NOT NULL
+    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS roomcast_meta (
+        k VARCHAR(191) NOT NULL PRIMARY KEY,
+        v VARCHAR(255) NOT NULL
+    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+];
+
+/// Rows per `INSERT` statement.
+const ROWS_PER_INSERT: usize = 500;
+
+#[derive(Clone)]
+pub struct MysqlOptions {
+    /// This node's name in the clean-shutdown record.
+    pub node: String,
+    /// Batches that may wait for the writer before `append` waits.
+    pub queue: usize,
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Default for MysqlOptions {
+    fn default() -> Self {
+        MysqlOptions {
+            node: "standalone".into(),
+            queue: 4096,
+            retry_base: Duration::from_millis(50),
+            retry_max: Duration::from_secs(5),
+            metrics: Arc::new(Metrics::default()),
+        }
+    }
+}
+
+enum Cmd {
+    Append(Arc<RoomBatch>),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<()>),
+}
+
+#[derive(Default)]
+struct Health {
+    error: Mutex<Option<String>>,
+    closing: AtomicBool,
+}
+
+pub struct MysqlStore {
+    pool: MySqlPool,
+    tx: mpsc::Sender<Cmd>,
+    previous_clean: bool,
+    closed: AtomicBool,
+    health: Arc<Health>,
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+impl MysqlStore {
+    /// Connects, creates the tables when missing, and starts the writer task.
+    pub async fn open(url: &str, opts: MysqlOptions) -> Result<Self, StoreError> {
+        let connect: MySqlConnectOptions = url
+            .parse()
+            .map_err(|e| unavailable(format!("invalid mysql url: {e}")))?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_with(connect)
+            .await
+            .map_err(|e| unavailable(format!("cannot connect to mysql: {e}")))?;
+        for stmt in SCHEMA {
+            query(stmt).execute(&pool).await.map_err(unavailable)?;
+        }
+        let key = format!("clean:{}", opts.node);
+        let clean: Option<String> = query("SELECT v FROM roomcast_meta WHERE k = ?")
+            .bind(&key)
+            .fetch_optional(&pool)
+            .await
+            .map_err(unavailable)?
+            .map(|r| r.get(0));
+        let has_rooms = query("SELECT 1 FROM room_state LIMIT 1")
+            .fetch_optional(&pool)
+            .await
+            .map_err(unavailable)?
+            .is_some();
+        let previous_clean = clean.as_deref() == Some("1") || (clean.is_none() && !has_rooms);
+        query("INSERT INTO roomcast_meta (k, v) VALUES (?, '0') ON DUPLICATE KEY UPDATE v = '0'")
+            .bind(&key)
+            .execute(&pool)
+            .await
+            .map_err(unavailable)?;
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let health = Arc::new(Health::default());
+        tokio::spawn(
+            Writer {
+                pool: pool.clone(),
+                opts,
+                health: health.clone(),
+                lost_writes: false,
+                clean_key: key,
+            }
+            .run(rx),
+        );
+        Ok(MysqlStore {
+            pool,
+            tx,
+            previous_clean,
+            closed: AtomicBool::new(false),
+            health,
+        })
+    }
+
+    async fn command(
+        &self,
+        make: impl FnOnce(oneshot::Sender<()>) -> Cmd,
+    ) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(make(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Closed)
+    }
+}
+
+struct Writer {
+    pool: MySqlPool,
+    opts: MysqlOptions,
+    health: Arc<Health>,
+    lost_writes: bool,
+    clean_key: String,
+}
+
+/// Failed attempts a closing store still makes before it gives up on a write.
+const RETRIES_WHEN_CLOSING: u32 = 3;
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        let mut cmds = Vec::with_capacity(1024);
+        while let Some(first) = rx.recv().await {
+            cmds.push(first);
+            while cmds.len() < 1024 {
+                match rx.try_recv() {
+                    Ok(c) => cmds.push(c),
+                    Err(_) => break,
+                }
+            }
+            let batches: Vec<Arc<RoomBatch>> = cmds
+                .iter()
+                .filter_map(|c| match c {
+                    Cmd::Append(b) => Some(b.clone()),
+                    _ => None,
+                })
+                .collect();
+            if !batches.is_empty() {
+                self.write_with_retry(&batches).await;
+            }
+            let mut stop = false;
+            for c in cmds.drain(..) {
+                match c {
+                    Cmd::Append(_) => {}
+                    Cmd::Flush(done) => {
+                        let _ = done.send(());
+                    }
+                    Cmd::Close(done) => {
+                        self.close().await;
+                        let _ = done.send(());
+                        stop = true;
+                    }
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+
+    async fn write_with_retry(&mut self, batches: &[Arc<RoomBatch>]) {
+        let mut pause = self.opts.retry_base;
+        let mut attempts = 0u32;
+        loop {
+            match write_batches(&self.pool, batches).await {
+                Ok(()) => {
+                    if self.health.error.lock().take().is_some() {
+                        self.opts.metrics.store_write_failing.set(0);
+                        tracing::info!("message store writes again");
+                    }
+                    return;
+                }
+                Err(e) => {
+                    attempts += 1;
+                    self.opts.metrics.store_write_failures.inc();
+                    self.opts.metrics.store_write_failing.set(1);
+                    *self.health.error.lock() = Some(format!("cannot write messages: {e}"));
+                    if self.health.closing.load(Ordering::Relaxed)
+                        && attempts >= RETRIES_WHEN_CLOSING
+                    {
+                        tracing::error!(error = %e, "cannot write messages at shutdown; giving up");
+                        self.lost_writes = true;
+                        return;
+                    }
+                    tracing::error!(error = %e, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "cannot write messages to MySQL; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(self.opts.retry_max.max(self.opts.retry_base));
+                }
+            }
+        }
+    }
+
+    async fn close(&mut self) {
+        if self.lost_writes {
+            tracing::warn!("messages were lost this run; not recording a clean shutdown");
+            return;
+        }
+        if let Err(e) = query("UPDATE roomcast_meta SET v = '1' WHERE k = ?")
+            .bind(&self.clean_key)
+            .execute(&self.pool)
+            .await
+        {
+            tracing::error!(error = %e, "cannot record clean shutdown");
+        }
+    }
+}
+
+async fn write_batches(pool: &MySqlPool, batches: &[Arc<RoomBatch>]) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<&RoomMsg> = batches
+        .iter()
+        .flat_map(|b| b.msgs.iter().map(|m| &**m))
+        .collect();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        let mut sql = String::from(
+            "INSERT IGNORE INTO room_chat_message (room_id, msg_id, uid, content, created_at, epoch, seq, name, kind, payload) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        }
+        // Only placeholders are spliced in (the row count); every value is bound.
+        let mut q = query(sqlx::AssertSqlSafe(sql));
+        for m in chunk {
+            q = q
+                .bind(&m.room_id)
+                .bind(m.msg_id)
+                .bind(&m.user_id)
+                .bind(&m.text)
+                .bind(m.ts as i64)
+                .bind(m.epoch)
+                .bind(m.seq)
+                .bind(&m.name)
+                .bind(&m.kind)
+                .bind(&m.payload);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    for b in batches {
+        query(
+            "INSERT INTO room_state (room_id, epoch, last_seq) VALUES (?, ?, ?)
+             ON DUPLICATE KEY UPDATE epoch = VALUES(epoch), last_seq = VALUES(last_seq)",
+        )
+        .bind(b.room.as_str())
+        .bind(b.epoch)
+        .bind(b.last_seq())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await
+}
+
+async fn load(
+    pool: &MySqlPool,
+    room: &str,
+    limit: usize,
+) -> Result<Option<StoredRoom>, StoreError> {
+    let state = query("SELECT epoch, last_seq FROM room_state WHERE room_id = ?")
+        .bind(room)
+        .fetch_optional(pool)
+        .await
+        .map_err(unavailable)?;
+    let Some(state) = state else { return Ok(None) };
+    let epoch: u32 = state.try_get(0).map_err(unavailable)?;
+    let last_seq: u64 = state.try_get(1).map_err(unavailable)?;
+    let rows = query(
+        "SELECT msg_id, uid, content, created_at, epoch, seq, name, kind, payload
+         FROM room_chat_message WHERE room_id = ? ORDER BY id DESC LIMIT ?",
+    )
+    .bind(room)
+    .bind(limit as u64)
+    .fetch_all(pool)
+    .await
+    .map_err(unavailable)?;
+    let mut recent = rows
+        .iter()
+        .map(|r| {
+            Ok(RoomMsg {
+                room_id: room.to_owned(),
+                msg_id: r.try_get(0)?,
+                user_id: r.try_get(1)?,
+                text: r.try_get(2)?,
+                ts: r.try_get::<i64, _>(3)? as u64,
+                epoch: r.try_get(4)?,
+                seq: r.try_get(5)?,
+                name: r.try_get(6)?,
+                kind: r.try_get(7)?,
+                payload: r.try_get(8)?,
+            })
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(unavailable)?;
+    recent.reverse();
+    Ok(Some(StoredRoom {
+        epoch,
+        last_seq,
+        recent,
+    }))
+}
+
+impl MessageStore for MysqlStore {
+    fn append(&self, batch: Arc<RoomBatch>) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(StoreError::Closed);
+            }
+            self.tx
+                .send(Cmd::Append(batch))
+                .await
+                .map_err(|_| StoreError::Closed)
+        })
+    }
+
+    fn load_room(
+        &self,
+        room: &RoomId,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Option<StoredRoom>, StoreError>> {
+        let room = room.as_str().to_owned();
+        Box::pin(async move { load(&self.pool, &room, limit).await })
+    }
+
+    fn flush(&self) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(self.command(Cmd::Flush))
+    }
+
+    fn previous_shutdown_clean(&self) -> bool {
+        self.previous_clean
+    }
+
+    fn close(&self) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            if self.closed.swap(true, Ordering::Relaxed) {
+                return Ok(());
+            }
+            self.health.closing.store(true, Ordering::Relaxed);
+            self.command(Cmd::Close).await
+        })
+    }
+
+    fn write_error(&self) -> Option<String> {
+        self.health.error.lock().clone()
+    }
+}
