@@ -10,7 +10,7 @@ mod routes;
 mod store;
 
 pub use acks::MemoryAckStore;
-pub use bus::{MemoryBus, MemoryConsumer, partition_of};
+pub use bus::{MemoryBus, MemoryConsumer, partition_of, partition_of_key};
 pub use moderation::MemoryModeration;
 pub use presence::MemoryPresence;
 pub use ratelimit::MemoryRateLimiter;
