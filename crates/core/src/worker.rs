@@ -45,6 +45,10 @@ use crate::ports::{
 /// Room state kept by a worker; dropped after this long without messages.
 const ROOM_IDLE_EVICT: Duration = Duration::from_secs(300);
 
+/// How long a revocation or a stop waits for the store's flush before it hands the partition
+/// back without committing (a store that cannot write must not hold a rebalance or a shutdown).
+const HANDOVER_FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 /// Outbox message ids a worker remembers, to drop a second copy the relay re-published while
 /// the first was still on its way to the store.
 const OUTBOX_IDS_KEPT: usize = 65_536;
@@ -272,7 +276,12 @@ impl RoomWorker {
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
                     self.flush_due(&mut rooms).await;
                 }
-                r = async { committing.as_mut().expect("checked").0.as_mut().await }, if committing.is_some() => {
+                r = async {
+                    match committing.as_mut() {
+                        Some((flush, _)) => flush.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                }, if committing.is_some() => {
                     let targets = committing.take().map(|(_, t)| t).unwrap_or_default();
                     match r {
                         Ok(()) => self.commit(consumer, &mut rooms, targets).await,
@@ -391,10 +400,13 @@ impl RoomWorker {
         if targets.is_empty() {
             return;
         }
-        match self.history.store().flush().await {
-            Ok(()) => self.commit(consumer, rooms, targets).await,
-            // Not committed: the next owner takes these records again (at least once).
-            Err(e) => tracing::error!(error = %e, "store flush failed; offsets not committed"),
+        // Not committed on failure: the next owner takes these records again (at least once).
+        match tokio::time::timeout(HANDOVER_FLUSH_WAIT, self.history.store().flush()).await {
+            Ok(Ok(())) => self.commit(consumer, rooms, targets).await,
+            Ok(Err(e)) => tracing::error!(error = %e, "store flush failed; offsets not committed"),
+            Err(_) => tracing::error!(
+                "the store did not flush within {HANDOVER_FLUSH_WAIT:?}; offsets not committed"
+            ),
         }
     }
 
