@@ -29,6 +29,9 @@ use crate::ports::{Bus, BusConsumer, BusError, BusEvent, BusRecord, Offset, Part
 /// A partition holds at most this many times its capacity of uncommitted records.
 const RETAINED_FACTOR: usize = 4;
 
+/// Commits a partition remembers, for tests (the last ones).
+const COMMITS_KEPT: usize = 64;
+
 /// Records one `next` hands out at most.
 const MAX_RECORDS: usize = 512;
 
@@ -56,8 +59,8 @@ struct Log {
     /// The owner's reading position.
     read: Offset,
     committed: Option<Offset>,
-    /// Every commit, in order (for tests).
-    commits: Vec<Offset>,
+    /// The last [`COMMITS_KEPT`] commits, in order (for tests).
+    commits: VecDeque<Offset>,
     closed: bool,
     /// Wakes the current owner.
     reader: Option<Arc<Notify>>,
@@ -161,12 +164,12 @@ impl MemoryBus {
         self.shared.parts.len()
     }
 
-    /// The commits of a partition, in order.
+    /// The last commits of a partition (up to 64), in order.
     pub fn commits(&self, partition: Partition) -> Vec<Offset> {
         self.shared
             .parts
             .get(partition as usize)
-            .map(|p| p.log.lock().commits.clone())
+            .map(|p| p.log.lock().commits.iter().copied().collect())
             .unwrap_or_default()
     }
 
@@ -434,7 +437,10 @@ impl BusConsumer for MemoryConsumer {
                 let mut log = part.log.lock();
                 if log.committed.is_none_or(|c| through > c) && through < log.end() {
                     log.committed = Some(through);
-                    log.commits.push(through);
+                    if log.commits.len() == COMMITS_KEPT {
+                        log.commits.pop_front();
+                    }
+                    log.commits.push_back(through);
                     let done =
                         ((through + 1).saturating_sub(log.base) as usize).min(log.records.len());
                     log.records.drain(..done);
@@ -536,6 +542,33 @@ mod tests {
         consumers[0].next(&mut got).await.unwrap(); // two records
         third.await.unwrap().unwrap();
         assert_eq!(got.len(), 3);
+    }
+
+    /// Read but uncommitted records are kept for the next owner, up to a bound: past it the
+    /// publisher waits for a commit, which frees them.
+    #[tokio::test]
+    async fn uncommitted_records_are_bounded_and_freed_by_a_commit() {
+        let (bus, mut consumers) = MemoryBus::new(1, 2);
+        let bus = Arc::new(bus);
+        let c = &mut consumers[0];
+        let mut got = Vec::new();
+        c.next(&mut got).await.unwrap(); // Assigned
+        for i in 0..(2 * RETAINED_FACTOR as u64) {
+            bus.publish(msg("a", i)).await.unwrap();
+            c.next(&mut got).await.unwrap(); // read at once: never 2 unread
+        }
+        let blocked = tokio::spawn({
+            let bus = bus.clone();
+            async move { bus.publish(msg("a", 99)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(
+            !blocked.is_finished(),
+            "{RETAINED_FACTOR} × capacity kept: waits"
+        );
+        c.commit(0, 3).await.unwrap();
+        blocked.await.unwrap().unwrap();
+        assert_eq!(bus.commits(0), [3]);
     }
 
     #[tokio::test]
