@@ -219,7 +219,7 @@ mod tests {
     use roomcast_core::model::InboundMessage;
     use roomcast_core::model::RoomBatch;
     use roomcast_core::outbox::{Cycle, OutboxRelay, RelayConfig};
-    use roomcast_core::ports::{BusConsumer, MessageStore};
+    use roomcast_core::ports::{BusConsumer, BusEvent, MessageStore};
     use std::sync::Arc;
 
     fn row(text: &str) -> NewOutboxRow {
@@ -269,8 +269,10 @@ mod tests {
 
     async fn drain(consumer: &mut Box<dyn BusConsumer>, n: usize) -> Vec<InboundMessage> {
         let mut out = Vec::new();
+        let mut events = Vec::new();
         while out.len() < n {
-            consumer.next(&mut out).await.unwrap();
+            consumer.next(&mut events).await.unwrap();
+            out.extend(events.drain(..).filter_map(BusEvent::into_message));
         }
         out
     }

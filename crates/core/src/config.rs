@@ -234,11 +234,17 @@ pub struct WorkerConfig {
     /// room (more than `gateway.fanout_chunk` local members), the window is at least this many
     /// times its latest pass over such a room (up to `batch_window_max_ms`), so that a hot
     /// room's passes take at most 1/factor of the node's time and the rest stays for reading,
-    /// ingest and the other rooms. 0 turns it off.
+    /// ingest and the other rooms. In every mode the window is also at least this many times
+    /// the worker's slowest recent `deliver` call (how long a gateway takes to take a batch).
+    /// 0 turns both off.
     pub pass_window_factor: f64,
     /// A worker reads a room's gateway nodes from the route table at most this often, and at
     /// once when the table reports a change to the room; 0 reads on every flush.
     pub route_cache_ms: u64,
+    /// How often a room worker commits its bus offsets (each commit waits for the message
+    /// store's flush first). A crashed worker's successor takes again what came after the last
+    /// commit.
+    pub commit_interval_ms: u64,
 }
 
 impl Default for WorkerConfig {
@@ -251,6 +257,7 @@ impl Default for WorkerConfig {
             batch_window_max_ms: 200,
             pass_window_factor: 2.0,
             route_cache_ms: 1000,
+            commit_interval_ms: 100,
         }
     }
 }

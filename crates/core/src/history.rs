@@ -315,6 +315,20 @@ impl History {
         }
     }
 
+    /// Forgets the rooms `gone` names: their next touch loads them from the store. A room worker
+    /// calls it when its partitions are revoked (after the store's flush), so that a later owner
+    /// of the room — this process again, or another — starts from the store, never from memory
+    /// of an earlier ownership.
+    pub fn forget_rooms(&self, mut gone: impl FnMut(&RoomId) -> bool) {
+        for shard in self.rooms.iter() {
+            let mut shard = shard.lock();
+            let before = shard.len();
+            shard.retain(|room, _| !gone(room));
+            self.count
+                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+        }
+    }
+
     /// Rooms with history in memory.
     pub fn rooms_in_memory(&self) -> usize {
         self.count.load(Ordering::Relaxed)

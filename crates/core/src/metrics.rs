@@ -183,6 +183,8 @@ pub struct Metrics {
     pub fanout_passes: Counter,
     /// Wall time of passes over rooms big enough to be written by parallel tasks.
     pub fanout_pass_big: Histogram,
+    /// Bus records a room worker dropped as already processed (redelivered around a rebalance).
+    pub bus_duplicates: Counter,
     /// The latest such pass, for the room workers of the same process (not exported).
     pub fanout_load: FanoutLoad,
     pub drops: [Counter; 5],
@@ -226,6 +228,7 @@ impl Default for Metrics {
             deliveries: Counter::default(),
             fanout_passes: Counter::default(),
             fanout_pass_big: Histogram::new(LATENCY_S),
+            bus_duplicates: Counter::default(),
             fanout_load: FanoutLoad::default(),
             drops: Default::default(),
             slow_disconnects: Counter::default(),
@@ -327,6 +330,12 @@ impl Metrics {
             "roomcast_connections_opened_total",
             "WebSocket connections accepted.",
             self.connections_opened.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_bus_duplicates_total",
+            "Bus records a room worker dropped as already processed (redelivered).",
+            self.bus_duplicates.get(),
         );
         counter(
             &mut o,

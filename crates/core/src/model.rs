@@ -68,6 +68,13 @@ pub struct InboundMessage {
 }
 
 impl InboundMessage {
+    /// The key the bus partitions by (Kafka's message key): the room id. A hot room split over
+    /// several streams later gets keys `roomId#shard`; everything keyed per stream (partition,
+    /// a worker's room state) then follows this key, not the room id.
+    pub fn bus_key(&self) -> &str {
+        self.room.as_str()
+    }
+
     /// The wire form once the room worker has given it a place in the room's stream.
     pub fn sequenced(&self, epoch: u32, seq: u64) -> RoomMsg {
         RoomMsg {

@@ -6,8 +6,22 @@
 //! after the previous flush — and at once when the room was idle (no flush within the last
 //! window), so light traffic gets no added latency while heavy traffic gets few, large frames.
 //!
-//! A room is handled by exactly one worker at a time (the bus maps a room to one partition), so
-//! the worker owns the room's sequence without locks. It never touches connections.
+//! A room is handled by exactly one worker at a time (the bus maps a room to one partition, and
+//! a partition has one owner), so the worker owns the room's sequence without locks. It never
+//! touches connections.
+//!
+//! The bus is at least once (Kafka's contract, see [`BusConsumer`]). The worker drops records at
+//! or below the offset it processed in a partition (a broker's redelivery around a rebalance),
+//! and commits a partition's offset only once every record up to it is done: delivered and
+//! appended to the history, and the store's `flush` that followed has returned. A room's
+//! position `(epoch, seq)` belongs to the partition's owner: when a partition is revoked the
+//! worker flushes its rooms, commits, and forgets them (here and in the [`History`]), so the next
+//! owner loads them from the store. `run` ends on its stop signal (or when the bus closes) after
+//! the same flush and commit.
+//!
+//! The batch window grows with what the worker observes itself — flushes that run late, records
+//! that waited in the bus, and how long its `Delivery::deliver` calls take — and, in standalone
+//! only, with the local gateway's passes over big rooms ([`LocalFanoutLoad`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -17,22 +31,52 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::BoxFut;
+
 use crate::config::WorkerConfig;
 use crate::history::{History, new_epoch};
 use crate::ids::RoomId;
 use crate::metrics::Metrics;
 use crate::model::{InboundMessage, RoomBatch, RoomMsg};
-use crate::ports::{BusConsumer, BusError, Delivery, RouteTable};
+use crate::ports::{
+    BusConsumer, BusError, BusEvent, Delivery, Offset, Partition, RouteTable, StoreError,
+};
 use crate::route_cache::RouteCache;
 
 /// Room state kept by a worker; dropped after this long without messages.
 const ROOM_IDLE_EVICT: Duration = Duration::from_secs(300);
 
+/// How long a revocation or a stop waits for the store's flush before it hands the partition
+/// back without committing (a store that cannot write must not hold a rebalance or a shutdown).
+const HANDOVER_FLUSH_WAIT: Duration = Duration::from_secs(5);
+
 /// Outbox message ids a worker remembers, to drop a second copy the relay re-published while
 /// the first was still on its way to the store.
 const OUTBOX_IDS_KEPT: usize = 65_536;
 
+/// A load signal the worker's window follows beside its own observations: the gateway's latest
+/// pass over a big room, when the gateway is in the same process (standalone). A worker in
+/// another process has none; it sees the time its `Delivery::deliver` calls take instead.
+pub trait LocalFanoutLoad: Send + Sync {
+    /// The latest pass's duration, if it is recent enough to describe the load now.
+    fn recent_pass(&self) -> Option<Duration>;
+}
+
+/// How long ago a load sample may be and still count.
+const LOAD_FRESH_MS: u64 = 2000;
+
+impl LocalFanoutLoad for Metrics {
+    fn recent_pass(&self) -> Option<Duration> {
+        self.fanout_load
+            .recent(crate::clock::now_ms(), LOAD_FRESH_MS)
+    }
+}
+
 struct RoomState {
+    /// The bus partition its records come from.
+    partition: Partition,
+    /// The offset of the first pending message (nothing at or after it may be committed).
+    first_pending: Option<Offset>,
     epoch: u32,
     next_seq: u64,
     pending: Vec<Arc<RoomMsg>>,
@@ -52,7 +96,27 @@ pub struct RoomWorker {
     metrics: Arc<Metrics>,
     /// The current batch window in microseconds (adaptive, see the module docs).
     window_us: AtomicU64,
+    local_fanout: Option<Arc<dyn LocalFanoutLoad>>,
+    /// The slowest recent `deliver` call (µs) and when it was seen (ms since the Unix epoch):
+    /// replaced by a slower one at once, by a faster one once it is [`LOAD_FRESH_MS`] old.
+    deliver_us: AtomicU64,
+    deliver_at_ms: AtomicU64,
 }
+
+/// What the worker knows of one of its partitions.
+#[derive(Default)]
+struct PartState {
+    /// The highest offset taken in (records at or below it are duplicates).
+    processed: Option<Offset>,
+    /// The highest offset committed.
+    committed: Option<Offset>,
+}
+
+/// A store flush under way, and the commits it makes safe.
+type Committing = (
+    BoxFut<'static, Result<(), StoreError>>,
+    Vec<(Partition, Offset)>,
+);
 
 #[derive(Default)]
 struct Rooms {
@@ -60,6 +124,7 @@ struct Rooms {
     timers: BinaryHeap<Reverse<(Instant, RoomId)>>,
     flush_now: Vec<RoomId>,
     last_evict: Option<Instant>,
+    parts: HashMap<Partition, PartState>,
     /// Recent outbox `msg_id`s (set + insertion order, bounded by [`OUTBOX_IDS_KEPT`]).
     outbox_seen: std::collections::HashSet<u64>,
     outbox_order: std::collections::VecDeque<u64>,
@@ -78,6 +143,29 @@ impl Rooms {
             self.outbox_seen.remove(&old);
         }
         true
+    }
+
+    /// Per partition, the highest offset up to which every record is done (flushed or dropped),
+    /// where that is beyond the last commit.
+    fn commit_targets(&self) -> Vec<(Partition, Offset)> {
+        let mut held: HashMap<Partition, Option<Offset>> = HashMap::new();
+        for st in self.state.values() {
+            if let Some(first) = st.first_pending {
+                let before = first.checked_sub(1);
+                let e = held.entry(st.partition).or_insert(before);
+                *e = (*e).min(before);
+            }
+        }
+        self.parts
+            .iter()
+            .filter_map(|(&p, ps)| {
+                let mut done = ps.processed?;
+                if let Some(limit) = held.get(&p) {
+                    done = done.min((*limit)?);
+                }
+                ps.committed.is_none_or(|c| done > c).then_some((p, done))
+            })
+            .collect()
     }
 }
 
@@ -103,6 +191,35 @@ impl RoomWorker {
             history,
             delivery,
             metrics,
+            local_fanout: None,
+            deliver_us: AtomicU64::new(0),
+            deliver_at_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Lets the window follow a gateway in the same process (standalone; see
+    /// [`LocalFanoutLoad`]).
+    pub fn with_local_fanout(mut self, load: Arc<dyn LocalFanoutLoad>) -> Self {
+        self.local_fanout = Some(load);
+        self
+    }
+
+    /// The slowest recent `deliver` call, if recent enough to count.
+    fn recent_delivery(&self, now_ms: u64) -> Option<Duration> {
+        let at = self.deliver_at_ms.load(Relaxed);
+        (at > 0 && now_ms.saturating_sub(at) <= LOAD_FRESH_MS)
+            .then(|| Duration::from_micros(self.deliver_us.load(Relaxed)))
+    }
+
+    fn observe_delivery(&self, took: Duration) {
+        let now = crate::clock::now_ms();
+        let took = took.as_micros() as u64;
+        if self
+            .recent_delivery(now)
+            .is_none_or(|d| took >= d.as_micros() as u64)
+        {
+            self.deliver_us.store(took, Relaxed);
+            self.deliver_at_ms.store(now, Relaxed);
         }
     }
 
@@ -110,10 +227,11 @@ impl RoomWorker {
         let adaptive = self.window_us.load(Relaxed);
         let factor = self.cfg.pass_window_factor;
         let from_passes = if factor > 0.0 {
-            // A pass that ended more than two seconds ago says nothing about the load now.
-            self.metrics
-                .fanout_load
-                .recent(crate::clock::now_ms(), 2000)
+            // A sample older than two seconds says nothing about the load now.
+            let local = self.local_fanout.as_ref().and_then(|l| l.recent_pass());
+            let own = self.recent_delivery(crate::clock::now_ms());
+            local
+                .max(own)
                 .map_or(0, |p| (p.as_micros() as f64 * factor) as u64)
         } else {
             0
@@ -141,40 +259,51 @@ impl RoomWorker {
         }
     }
 
-    /// Runs until the bus is closed and drained; flushes everything before returning.
-    pub async fn run(&self, mut consumer: Box<dyn BusConsumer>) {
+    /// Runs until `stop` resolves (or the bus is closed and drained), then flushes what it holds,
+    /// commits, and returns.
+    pub async fn run(
+        &self,
+        mut consumer: Box<dyn BusConsumer>,
+        stop: impl std::future::Future<Output = ()> + Send,
+    ) {
+        let consumer = &mut *consumer;
         let mut rooms = Rooms::default();
-        let mut records = Vec::with_capacity(512);
+        let mut events = Vec::with_capacity(512);
+        let mut committing: Option<Committing> = None;
+        let mut commit_tick =
+            tokio::time::interval(Duration::from_millis(self.cfg.commit_interval_ms.max(1)));
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(stop);
         loop {
             let next_due = rooms.timers.peek().map(|Reverse((t, _))| *t);
             tokio::select! {
                 biased;
+                _ = &mut stop => break,
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
                     self.flush_due(&mut rooms).await;
                 }
-                r = consumer.next(&mut records) => match r {
-                    Ok(()) => {
-                        // How long the oldest record waited for this worker: a backlog here
-                        // means deliveries cannot keep up, so batches should grow.
-                        if let Some(first) = records.first() {
-                            let waited = crate::clock::now_ms().saturating_sub(first.ts);
-                            self.observe_lateness(Duration::from_millis(waited));
-                        }
-                        for msg in records.drain(..) {
-                            self.accept(msg, &mut rooms).await;
-                        }
-                        let now_due = std::mem::take(&mut rooms.flush_now);
-                        for room in now_due {
-                            self.flush(&room, &mut rooms).await;
-                        }
+                r = async {
+                    match committing.as_mut() {
+                        Some((flush, _)) => flush.as_mut().await,
+                        None => std::future::pending().await,
                     }
-                    Err(BusError::Closed) => {
-                        let all: Vec<RoomId> = rooms.state.keys().cloned().collect();
-                        for room in all {
-                            self.flush(&room, &mut rooms).await;
-                        }
-                        return;
+                }, if committing.is_some() => {
+                    let targets = committing.take().map(|(_, t)| t).unwrap_or_default();
+                    match r {
+                        Ok(()) => self.commit(consumer, &mut rooms, targets).await,
+                        Err(e) => tracing::warn!(error = %e, "store flush failed; commit deferred"),
                     }
+                }
+                _ = commit_tick.tick(), if committing.is_none() => {
+                    let targets = rooms.commit_targets();
+                    if !targets.is_empty() {
+                        let store = self.history.store().clone();
+                        committing = Some((Box::pin(async move { store.flush().await }), targets));
+                    }
+                }
+                r = consumer.next(&mut events) => match r {
+                    Ok(()) => self.handle(consumer, &mut events, &mut rooms).await,
+                    Err(BusError::Closed) => break,
                     Err(e) => {
                         tracing::warn!(error = %e, "bus consumer failed; retrying");
                         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -182,9 +311,139 @@ impl RoomWorker {
                 },
             }
         }
+        let all: Vec<RoomId> = rooms.state.keys().cloned().collect();
+        for room in all {
+            self.flush(&room, &mut rooms).await;
+        }
+        self.flush_and_commit(consumer, &mut rooms, None).await;
     }
 
-    async fn accept(&self, msg: InboundMessage, rooms: &mut Rooms) {
+    /// Takes in what the consumer handed out, in order.
+    async fn handle(
+        &self,
+        consumer: &mut dyn BusConsumer,
+        events: &mut Vec<BusEvent>,
+        rooms: &mut Rooms,
+    ) {
+        // How long the oldest record waited for this worker: a backlog here means deliveries
+        // cannot keep up, so batches should grow.
+        if let Some(first) = events.iter().find_map(|e| match e {
+            BusEvent::Record(r) => Some(r.msg.ts),
+            _ => None,
+        }) {
+            let waited = crate::clock::now_ms().saturating_sub(first);
+            self.observe_lateness(Duration::from_millis(waited));
+        }
+        for event in events.drain(..) {
+            match event {
+                BusEvent::Record(r) => {
+                    let part = rooms.parts.entry(r.partition).or_default();
+                    if part.processed.is_some_and(|p| r.offset <= p) {
+                        self.metrics.bus_duplicates.inc();
+                        tracing::debug!(
+                            partition = r.partition,
+                            offset = r.offset,
+                            "record processed already; dropped"
+                        );
+                        continue;
+                    }
+                    part.processed = Some(r.offset);
+                    self.accept(r.msg, r.partition, r.offset, rooms).await;
+                }
+                BusEvent::Assigned(ps) => {
+                    tracing::info!(partitions = ?ps, "partitions assigned");
+                    for p in ps {
+                        rooms.parts.entry(p).or_default();
+                    }
+                }
+                BusEvent::Revoked(ps) => self.revoke(consumer, rooms, &ps).await,
+            }
+        }
+        let now_due = std::mem::take(&mut rooms.flush_now);
+        for room in now_due {
+            self.flush(&room, rooms).await;
+        }
+    }
+
+    /// Hands revoked partitions back: flushes their rooms, commits, and forgets their state.
+    async fn revoke(&self, consumer: &mut dyn BusConsumer, rooms: &mut Rooms, ps: &[Partition]) {
+        tracing::info!(partitions = ?ps, "partitions revoked");
+        let gone: Vec<RoomId> = rooms
+            .state
+            .iter()
+            .filter(|(_, st)| ps.contains(&st.partition))
+            .map(|(room, _)| room.clone())
+            .collect();
+        for room in &gone {
+            self.flush(room, rooms).await;
+        }
+        self.flush_and_commit(consumer, rooms, Some(ps)).await;
+        for room in &gone {
+            rooms.state.remove(room);
+        }
+        rooms.flush_now.retain(|r| !gone.contains(r));
+        for p in ps {
+            rooms.parts.remove(p);
+        }
+        // Rooms this worker no longer tracks may still be cached in the history.
+        self.history
+            .forget_rooms(|room| ps.contains(&consumer.partition_of(room.as_str())));
+    }
+
+    /// Waits for the store to make everything appended durable, then commits what is done (of
+    /// `only` these partitions, if given).
+    async fn flush_and_commit(
+        &self,
+        consumer: &mut dyn BusConsumer,
+        rooms: &mut Rooms,
+        only: Option<&[Partition]>,
+    ) {
+        let targets: Vec<_> = rooms
+            .commit_targets()
+            .into_iter()
+            .filter(|(p, _)| only.is_none_or(|ps| ps.contains(p)))
+            .collect();
+        if targets.is_empty() {
+            return;
+        }
+        // Not committed on failure: the next owner takes these records again (at least once).
+        match tokio::time::timeout(HANDOVER_FLUSH_WAIT, self.history.store().flush()).await {
+            Ok(Ok(())) => self.commit(consumer, rooms, targets).await,
+            Ok(Err(e)) => tracing::error!(error = %e, "store flush failed; offsets not committed"),
+            Err(_) => tracing::error!(
+                "the store did not flush within {HANDOVER_FLUSH_WAIT:?}; offsets not committed"
+            ),
+        }
+    }
+
+    async fn commit(
+        &self,
+        consumer: &mut dyn BusConsumer,
+        rooms: &mut Rooms,
+        targets: Vec<(Partition, Offset)>,
+    ) {
+        for (p, offset) in targets {
+            // A partition revoked meanwhile was committed by `revoke`.
+            let Some(part) = rooms.parts.get_mut(&p) else {
+                continue;
+            };
+            if part.committed.is_some_and(|c| c >= offset) {
+                continue;
+            }
+            match consumer.commit(p, offset).await {
+                Ok(()) => part.committed = Some(offset),
+                Err(e) => tracing::warn!(partition = p, offset, error = %e, "commit failed"),
+            }
+        }
+    }
+
+    async fn accept(
+        &self,
+        msg: InboundMessage,
+        partition: Partition,
+        offset: Offset,
+        rooms: &mut Rooms,
+    ) {
         let now = Instant::now();
         if msg.from_outbox && !rooms.first_outbox_copy(msg.msg_id.0) {
             tracing::debug!(room = %msg.room, msg_id = msg.msg_id.0, "outbox message seen already; dropped");
@@ -202,6 +461,8 @@ impl RoomWorker {
             rooms.state.insert(
                 msg.room.clone(),
                 RoomState {
+                    partition,
+                    first_pending: None,
                     epoch,
                     next_seq: last_seq + 1,
                     pending: Vec::new(),
@@ -218,6 +479,9 @@ impl RoomWorker {
         let seq = st.next_seq;
         st.next_seq += 1;
         st.touched = now;
+        if st.pending.is_empty() {
+            st.first_pending = Some(offset);
+        }
         if msg.from_outbox {
             st.pending_outbox.push(msg.msg_id.0);
         }
@@ -275,6 +539,8 @@ impl RoomWorker {
         if st.pending.is_empty() {
             return;
         }
+        // Done once this flush returns (the next commit waits for the store's flush).
+        st.first_pending = None;
         st.last_flush = Some(Instant::now());
         let batch = Arc::new(RoomBatch {
             room: room.clone(),
@@ -290,7 +556,10 @@ impl RoomWorker {
         match self.routes.nodes(room).await {
             Ok(nodes) => {
                 for node in nodes.iter() {
-                    if let Err(e) = self.delivery.deliver(node, batch.clone()).await {
+                    let started = Instant::now();
+                    let r = self.delivery.deliver(node, batch.clone()).await;
+                    self.observe_delivery(started.elapsed());
+                    if let Err(e) = r {
                         tracing::warn!(room = %room, node = %node, error = %e, "delivery failed");
                     }
                 }
@@ -373,7 +642,11 @@ mod tests {
             Arc::new(Metrics::default()),
         );
         let consumer = consumers.pop().unwrap();
-        let task = tokio::spawn(async move { worker.run(Box::new(consumer)).await });
+        let task = tokio::spawn(async move {
+            worker
+                .run(Box::new(consumer), std::future::pending::<()>())
+                .await
+        });
         Setup {
             bus: Arc::new(bus),
             rx,
@@ -434,7 +707,7 @@ mod tests {
             ..Default::default()
         };
         let metrics = Arc::new(Metrics::default());
-        let w = bare_worker(cfg.clone(), &metrics);
+        let w = bare_worker(cfg.clone(), &metrics).with_local_fanout(metrics.clone());
         assert_eq!(w.window(), Duration::from_millis(20), "no pass yet");
         let now = crate::clock::now_ms();
         metrics.fanout_load.record(Duration::from_millis(30), now);
@@ -455,11 +728,113 @@ mod tests {
         let off = bare_worker(
             WorkerConfig {
                 pass_window_factor: 0.0,
-                ..cfg
+                ..cfg.clone()
             },
             &metrics,
-        );
+        )
+        .with_local_fanout(metrics.clone());
         assert_eq!(off.window(), Duration::from_millis(20), "turned off");
+        let remote = bare_worker(cfg, &metrics);
+        assert_eq!(
+            remote.window(),
+            Duration::from_millis(20),
+            "a worker without the local hook does not see the gateway's metrics"
+        );
+    }
+
+    /// A worker in another process than its gateways sees their load in how long its
+    /// `deliver` calls take.
+    #[test]
+    fn window_follows_slow_deliveries() {
+        let cfg = WorkerConfig {
+            batch_window_ms: 20,
+            batch_window_max_ms: 200,
+            pass_window_factor: 2.0,
+            ..Default::default()
+        };
+        let w = bare_worker(cfg, &Arc::new(Metrics::default()));
+        w.observe_delivery(Duration::from_millis(2));
+        assert_eq!(w.window(), Duration::from_millis(20), "fast: the minimum");
+        w.observe_delivery(Duration::from_millis(40));
+        assert_eq!(
+            w.window(),
+            Duration::from_millis(80),
+            "twice the slowest call"
+        );
+        w.observe_delivery(Duration::from_millis(1));
+        assert_eq!(
+            w.window(),
+            Duration::from_millis(80),
+            "a faster call does not hide a recent slow one"
+        );
+        w.deliver_at_ms
+            .store(crate::clock::now_ms() - 5000, Relaxed);
+        assert_eq!(
+            w.window(),
+            Duration::from_millis(20),
+            "an old sample expires"
+        );
+        w.observe_delivery(Duration::from_millis(500));
+        assert_eq!(w.window(), Duration::from_millis(200), "capped at the max");
+    }
+
+    /// A delivery that takes its time (a gateway behind a network), measured by the worker.
+    struct SlowDelivery(Duration);
+
+    impl Delivery for SlowDelivery {
+        fn deliver(
+            &self,
+            _node: &NodeId,
+            _batch: Arc<RoomBatch>,
+        ) -> BoxFut<'_, Result<(), DeliveryError>> {
+            let took = self.0;
+            Box::pin(async move {
+                tokio::time::sleep(took).await;
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_worker_times_its_own_deliveries() {
+        let routes = Arc::new(MemoryRoutes::default());
+        routes
+            .renew(&NodeId::new("n1"), Duration::from_secs(3600))
+            .await
+            .unwrap();
+        routes
+            .add(&RoomId::parse("r").unwrap(), &NodeId::new("n1"))
+            .await
+            .unwrap();
+        let (bus, mut consumers) = MemoryBus::new(1, 100);
+        let metrics = Arc::new(Metrics::default());
+        let worker = Arc::new(RoomWorker::new(
+            WorkerConfig {
+                batch_window_ms: 20,
+                batch_window_max_ms: 200,
+                ..Default::default()
+            },
+            Arc::new(History::new(
+                HistoryConfig::default(),
+                Arc::new(MemoryStore::new(100)),
+            )),
+            routes,
+            Arc::new(SlowDelivery(Duration::from_millis(35))),
+            metrics,
+        ));
+        let consumer = consumers.pop().unwrap();
+        let task = tokio::spawn({
+            let worker = worker.clone();
+            async move {
+                worker
+                    .run(Box::new(consumer), std::future::pending::<()>())
+                    .await
+            }
+        });
+        bus.publish(msg("r", 1)).await.unwrap();
+        bus.close();
+        task.await.unwrap();
+        assert_eq!(worker.window(), Duration::from_millis(70));
     }
 
     #[test]

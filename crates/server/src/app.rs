@@ -202,8 +202,16 @@ pub async fn start_with_handlers(
                 routes.clone(),
                 delivery.clone(),
                 metrics.clone(),
-            );
-            tokio::spawn(async move { worker.run(Box::new(consumer)).await })
+            )
+            // The gateway is in this process: the window follows its passes over big rooms.
+            .with_local_fanout(metrics.clone());
+            // Standalone stops its workers by closing the bus (they drain it first, so no
+            // accepted message is lost); a Kafka consumer never closes and gets a stop signal.
+            tokio::spawn(async move {
+                worker
+                    .run(Box::new(consumer), std::future::pending::<()>())
+                    .await
+            })
         })
         .collect();
 

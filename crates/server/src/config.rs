@@ -357,6 +357,9 @@ impl Config {
         if !(0.0..=100.0).contains(&self.worker.pass_window_factor) {
             bail!("worker.pass_window_factor must be between 0 and 100");
         }
+        if !(1..=60_000).contains(&self.worker.commit_interval_ms) {
+            bail!("worker.commit_interval_ms must be between 1 and 60000");
+        }
         if self.worker.partitions == 0 || self.worker.partitions > 4096 {
             bail!("worker.partitions must be between 1 and 4096");
         }

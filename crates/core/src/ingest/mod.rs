@@ -260,7 +260,7 @@ impl Ingest for IngestService {
 mod tests {
     use super::*;
     use crate::memory::{MemoryBus, MemoryModeration, MemoryRateLimiter};
-    use crate::ports::{BusConsumer, Sanction};
+    use crate::ports::{BusConsumer, BusEvent, Sanction};
 
     fn req(text: &str) -> ChatRequest {
         ChatRequest {
@@ -317,7 +317,15 @@ mod tests {
         let b = s.submit(req("two")).await.unwrap();
         assert!(a.msg_id < b.msg_id);
         let mut got = Vec::new();
-        consumers[0].next(&mut got).await.unwrap();
+        while got
+            .iter()
+            .filter(|e| matches!(e, BusEvent::Record(_)))
+            .count()
+            < 2
+        {
+            consumers[0].next(&mut got).await.unwrap();
+        }
+        let got: Vec<_> = got.into_iter().filter_map(BusEvent::into_message).collect();
         assert_eq!(
             got.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
             ["one", "two"]

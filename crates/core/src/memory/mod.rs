@@ -11,7 +11,7 @@ mod routes;
 mod store;
 
 pub use acks::MemoryAckStore;
-pub use bus::{MemoryBus, MemoryConsumer, partition_of};
+pub use bus::{MemoryBus, MemoryConsumer, partition_of, partition_of_key};
 pub use discovery::MemoryDiscovery;
 pub use moderation::MemoryModeration;
 pub use presence::MemoryPresence;
