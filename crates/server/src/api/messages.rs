@@ -6,13 +6,14 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use roomcast_core::ingest::{ChatRequest, IngestError};
+use roomcast_core::ingest::ChatRequest;
 use roomcast_core::ports::{Command, ControlTarget};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::critical::critical_msg;
 use super::{ApiError, MessageFields, St, bad, body, room_param, unavailable};
+use crate::http::client_error_response;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -105,7 +106,6 @@ pub(super) async fn publish(
             Json(json!({ "msg_id": a.msg_id.0.to_string() })),
         )
             .into_response(),
-        Err(IngestError::Unavailable(m)) => unavailable(m).into_response(),
-        Err(e) => bad(e.to_string()).into_response(),
+        Err(e) => client_error_response(e.into()),
     }
 }

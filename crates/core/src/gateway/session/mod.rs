@@ -39,69 +39,13 @@ use super::conn::{Conn, Sent};
 use super::limits::Bucket;
 use crate::BoxFut;
 use crate::auth::Identity;
+use crate::client_error::ClientError;
 use crate::ids::{RoomId, UserId};
 use crate::ingest::IngestError;
 
+/// The codes of the `error` reply (the same vocabulary as the HTTP error bodies).
+pub use crate::client_error::ErrorCode;
 pub(crate) use reader::run;
-
-/// Machine-readable error codes of the `error` reply.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorCode {
-    Unauthenticated,
-    BadRequest,
-    UnknownOp,
-    TooLarge,
-    NotJoined,
-    TooManyRooms,
-    RateLimited,
-    Muted,
-    Banned,
-    ContentRejected,
-    Unavailable,
-    Internal,
-}
-
-impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
-        ErrorCode::Unauthenticated,
-        ErrorCode::BadRequest,
-        ErrorCode::UnknownOp,
-        ErrorCode::TooLarge,
-        ErrorCode::NotJoined,
-        ErrorCode::TooManyRooms,
-        ErrorCode::RateLimited,
-        ErrorCode::Muted,
-        ErrorCode::Banned,
-        ErrorCode::ContentRejected,
-        ErrorCode::Unavailable,
-        ErrorCode::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::Unauthenticated => "unauthenticated",
-            ErrorCode::BadRequest => "bad_request",
-            ErrorCode::UnknownOp => "unknown_op",
-            ErrorCode::TooLarge => "too_large",
-            ErrorCode::NotJoined => "not_joined",
-            ErrorCode::TooManyRooms => "too_many_rooms",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::Muted => "muted",
-            ErrorCode::Banned => "banned",
-            ErrorCode::ContentRejected => "content_rejected",
-            ErrorCode::Unavailable => "unavailable",
-            ErrorCode::Internal => "internal",
-        }
-    }
-
-    /// Errors that mean the client sent something malformed (they count against its budget).
-    fn is_malformed(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::BadRequest | ErrorCode::UnknownOp | ErrorCode::TooLarge
-        )
-    }
-}
 
 /// A failed request: the `error` reply to send, and whether to close the connection after it.
 #[derive(Debug, Clone)]
@@ -257,23 +201,12 @@ fn parse_room(room: &str) -> Result<RoomId, ReplyError> {
     RoomId::parse(room).map_err(|e| ReplyError::new(ErrorCode::BadRequest, e.to_string()))
 }
 
-/// The `error` reply for an ingest refusal.
+/// The `error` reply for an ingest refusal ([`ClientError`] decides its code, message and
+/// `retry_after_ms`, for every way into ingest).
 pub fn ingest_error(e: IngestError) -> ReplyError {
-    let message = e.to_string();
-    match e {
-        IngestError::BadRequest(m) => ReplyError::new(ErrorCode::BadRequest, m),
-        IngestError::RateLimited { retry_after_ms, .. } => ReplyError {
-            retry_after_ms: Some(retry_after_ms),
-            ..ReplyError::new(ErrorCode::RateLimited, message)
-        },
-        IngestError::Muted { until_ms, reason } => ReplyError {
-            retry_after_ms: until_ms.map(|u| u.saturating_sub(crate::clock::now_ms())),
-            ..ReplyError::new(ErrorCode::Muted, format!("muted: {reason}"))
-        },
-        IngestError::Banned { reason, .. } => {
-            ReplyError::new(ErrorCode::Banned, format!("banned: {reason}"))
-        }
-        IngestError::ContentRejected => ReplyError::new(ErrorCode::ContentRejected, message),
-        IngestError::Unavailable(m) => ReplyError::new(ErrorCode::Unavailable, m),
+    let c = ClientError::from(e);
+    ReplyError {
+        retry_after_ms: c.retry_after_ms,
+        ..ReplyError::new(c.code, c.message)
     }
 }
