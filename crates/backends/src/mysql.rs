@@ -25,15 +25,15 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use roomcast_core::BoxFut;
-use roomcast_core::ids::RoomId;
+use roomcast_core::ids::{NodeId, RoomId};
 use roomcast_core::metrics::Metrics;
 use roomcast_core::model::{RoomBatch, RoomMsg};
-use roomcast_core::ports::{MessageStore, StoreError, StoredRoom};
+use roomcast_core::ports::{MessageStore, Partition, StoreError, StoredRoom};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{Row, query};
 use tokio::sync::{mpsc, oneshot};
 
-const SCHEMA: [&str; 3] = [
+const SCHEMA: [&str; 4] = [
     "CREATE TABLE IF NOT EXISTS room_chat_message (
         id         BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
         room_id    VARCHAR(64)  NOT NULL,
@@ -58,6 +58,11 @@ const SCHEMA: [&str; 3] = [
     "CREATE TABLE IF NOT EXISTS roomcast_meta (
         k VARCHAR(191) NOT NULL PRIMARY KEY,
         v VARCHAR(255) NOT NULL
+    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS room_partition_owner (
+        partition_id INT UNSIGNED NOT NULL PRIMARY KEY,
+        owner        VARCHAR(128) NOT NULL,
+        clean        TINYINT NOT NULL
     ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
 ];
 
@@ -414,5 +419,63 @@ impl MessageStore for MysqlStore {
 
     fn write_error(&self) -> Option<String> {
         self.health.error.lock().clone()
+    }
+
+    fn claim_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<Vec<Partition>, StoreError>> {
+        Box::pin(async move {
+            let mut tx = self.pool.begin().await.map_err(unavailable)?;
+            let mut unclean = Vec::new();
+            for &p in partitions {
+                // Locks the row, so two claimants of one partition are serialised.
+                let clean: Option<i8> = query(
+                    "SELECT clean FROM room_partition_owner WHERE partition_id = ? FOR UPDATE",
+                )
+                .bind(p)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .map(|r| r.try_get(0))
+                .transpose()
+                .map_err(unavailable)?;
+                if !clean.map_or(self.previous_clean, |c| c != 0) {
+                    unclean.push(p);
+                }
+                query(
+                    "INSERT INTO room_partition_owner (partition_id, owner, clean) VALUES (?, ?, 0) \
+                     ON DUPLICATE KEY UPDATE owner = VALUES(owner), clean = 0",
+                )
+                .bind(p)
+                .bind(owner.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+            }
+            tx.commit().await.map_err(unavailable)?;
+            Ok(unclean)
+        })
+    }
+
+    fn release_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        Box::pin(async move {
+            for &p in partitions {
+                query(
+                    "UPDATE room_partition_owner SET clean = 1 WHERE partition_id = ? AND owner = ?",
+                )
+                .bind(p)
+                .bind(owner.as_str())
+                .execute(&self.pool)
+                .await
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        })
     }
 }

@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use roomcast_core::BoxFut;
 use roomcast_core::clock::now_ms;
-use roomcast_core::ids::RoomId;
+use roomcast_core::ids::{NodeId, RoomId};
 use roomcast_core::metrics::Metrics;
 use roomcast_core::model::{RoomBatch, RoomMsg};
-use roomcast_core::ports::{MessageStore, StoreError, StoredRoom};
+use roomcast_core::ports::{MessageStore, Partition, StoreError, StoredRoom};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -52,6 +52,11 @@ CREATE TABLE IF NOT EXISTS room_state (
 CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS partition_owner (
+    partition_id INTEGER PRIMARY KEY,
+    owner        TEXT    NOT NULL,
+    clean        INTEGER NOT NULL
 );
 ";
 
@@ -492,6 +497,74 @@ impl MessageStore for SqliteStore {
             }
             self.health.closing.store(true, Ordering::Relaxed);
             self.command(Cmd::Close).await
+        })
+    }
+
+    fn claim_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<Vec<Partition>, StoreError>> {
+        // On the reader's connection (the writer's belongs to its thread); WAL lets both write.
+        let conn = self.reader.clone();
+        let (owner, partitions, absent_clean) = (
+            owner.as_str().to_owned(),
+            partitions.to_vec(),
+            self.previous_clean,
+        );
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock();
+                let tx = conn.transaction()?;
+                let mut unclean = Vec::new();
+                for p in partitions {
+                    let clean: Option<bool> = tx
+                        .query_row(
+                            "SELECT clean FROM partition_owner WHERE partition_id = ?1",
+                            [p],
+                            |r| r.get(0),
+                        )
+                        .optional()?;
+                    if !clean.unwrap_or(absent_clean) {
+                        unclean.push(p);
+                    }
+                    tx.execute(
+                        "INSERT INTO partition_owner (partition_id, owner, clean) VALUES (?1, ?2, 0) \
+                         ON CONFLICT (partition_id) DO UPDATE SET owner = ?2, clean = 0",
+                        params![p, owner],
+                    )?;
+                }
+                tx.commit()?;
+                Ok::<_, rusqlite::Error>(unclean)
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
+        })
+    }
+
+    fn release_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        let conn = self.reader.clone();
+        let (owner, partitions) = (owner.as_str().to_owned(), partitions.to_vec());
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                let mut conn = conn.lock();
+                let tx = conn.transaction()?;
+                for p in partitions {
+                    tx.execute(
+                        "UPDATE partition_owner SET clean = 1 WHERE partition_id = ?1 AND owner = ?2",
+                        params![p, owner],
+                    )?;
+                }
+                tx.commit()
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
         })
     }
 }

@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use roomcast_backends::redis::{
-    RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRouteTable,
+    RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRecent,
+    RedisRouteTable,
 };
 use roomcast_core::ports::{Limit, LimitError, RateLimiter};
 use roomcast_core::{testkit, testkit_limits};
@@ -92,6 +93,12 @@ async fn route_table_passes_the_port_suite() {
 #[tokio::test]
 async fn presence_passes_the_port_suite() {
     testkit::presence_suite(&RedisPresence::new(conn().await), TTL).await;
+}
+
+#[tokio::test]
+async fn recent_messages_pass_the_port_suite() {
+    testkit::recent_messages_suite(&RedisRecent::new(conn().await), Duration::from_millis(300))
+        .await;
 }
 
 /// A route change made through one node's table reaches another node's watch (the channel).

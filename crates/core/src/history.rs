@@ -226,6 +226,23 @@ impl History {
         Ok((h.epoch, h.last_seq))
     }
 
+    /// Starts a new epoch for the room (`last_seq` 0), durable before it is returned — for a
+    /// worker that took the room's partition from an owner that did not release it cleanly: the
+    /// stored position may be behind what clients saw, so no seq of the old epoch is handed out
+    /// again. The ring keeps the old epoch's messages (history still shows them).
+    pub async fn restart_epoch(&self, room: &RoomId) -> Result<u32, StoreError> {
+        self.room(room).await?;
+        let epoch = new_epoch();
+        self.append(Arc::new(RoomBatch {
+            room: room.clone(),
+            epoch,
+            msgs: Vec::new(),
+            outbox_ids: Vec::new(),
+        }))
+        .await?;
+        Ok(epoch)
+    }
+
     /// Records a flushed batch: into the ring at once, into the store in the background (this
     /// waits only when the store's queue is full).
     pub async fn append(&self, batch: Arc<RoomBatch>) -> Result<(), StoreError> {
@@ -503,6 +520,20 @@ mod tests {
         }
         fn close(&self) -> crate::BoxFut<'_, Result<(), StoreError>> {
             self.0.close()
+        }
+        fn claim_partitions<'a>(
+            &'a self,
+            owner: &'a crate::ids::NodeId,
+            partitions: &'a [crate::ports::Partition],
+        ) -> crate::BoxFut<'a, Result<Vec<crate::ports::Partition>, StoreError>> {
+            self.0.claim_partitions(owner, partitions)
+        }
+        fn release_partitions<'a>(
+            &'a self,
+            owner: &'a crate::ids::NodeId,
+            partitions: &'a [crate::ports::Partition],
+        ) -> crate::BoxFut<'a, Result<(), StoreError>> {
+            self.0.release_partitions(owner, partitions)
         }
     }
 

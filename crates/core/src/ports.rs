@@ -445,11 +445,52 @@ pub trait MessageStore: Send + Sync {
     fn previous_shutdown_clean(&self) -> bool;
     /// Flushes and records a clean shutdown.
     fn close(&self) -> BoxFut<'_, Result<(), StoreError>>;
+    /// Records `owner` as the owner of these bus partitions (a worker that was just assigned
+    /// them) and returns those whose previous owner did not release them cleanly — it crashed
+    /// or lost its store before everything it handed out was durable. The rooms of those
+    /// partitions must start new epochs: their stored positions may be behind what clients saw.
+    /// A partition never claimed before counts as released cleanly when
+    /// [`previous_shutdown_clean`](Self::previous_shutdown_clean) says so.
+    fn claim_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<Vec<Partition>, StoreError>>;
+    /// Marks these partitions released cleanly by `owner`: everything it handed out for their
+    /// rooms is durable (the caller flushed first). A partition claimed by another owner since
+    /// is left alone.
+    fn release_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<(), StoreError>>;
     /// Why the store cannot write right now (its writes are being retried), or `None` while it
     /// writes normally. `/readyz` fails while this is `Some`.
     fn write_error(&self) -> Option<String> {
         None
     }
+}
+
+/// A capped list of each room's latest messages, kept where every gateway can read it (Redis
+/// `room:recent:{room}` in the distributed mode): a join's history without a database read. A
+/// cache, not a store — the database stays the record; a room the cache lost (evicted, expired,
+/// a Redis that restarted without persistence) answers empty and the reader falls back to the
+/// message store.
+pub trait RecentMessages: Send + Sync {
+    /// Appends a batch's messages in order and drops the oldest beyond `cap`; `ttl` after the
+    /// last push the room's list expires (an idle room costs nothing).
+    fn push<'a>(
+        &'a self,
+        batch: &'a RoomBatch,
+        cap: usize,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<(), StoreError>>;
+    /// The room's last `limit` messages, oldest first (empty when unknown).
+    fn recent<'a>(
+        &'a self,
+        room: &'a RoomId,
+        limit: usize,
+    ) -> BoxFut<'a, Result<Vec<RoomMsg>, StoreError>>;
 }
 
 // ---- limits and moderation ---------------------------------------------------------------------

@@ -113,6 +113,106 @@ pub async fn message_store_suite(store: &dyn MessageStore) {
         .expect("known room");
     assert_eq!((room.epoch, room.last_seq), (5, 0));
     assert_eq!(room.recent.len(), 3, "older messages stay");
+
+    partition_claims(store).await;
+}
+
+/// Partition ownership: a clean release lets the next owner trust the positions; a missing one
+/// (a crash) or one by an owner that lost the partition since does not. Partition numbers are
+/// random so that runs sharing a database do not meet.
+async fn partition_claims(store: &dyn MessageStore) {
+    let node = crate::ids::NodeId::new;
+    let (a, b, c, d) = (
+        node("claim-a"),
+        node("claim-b"),
+        node("claim-c"),
+        node("claim-d"),
+    );
+    let base = fastrand::u32(1_000_000..2_000_000_000);
+    let (p, q) = (base, base + 1);
+    store.claim_partitions(&a, &[p, q]).await.expect("claim");
+    store
+        .release_partitions(&a, &[p, q])
+        .await
+        .expect("release");
+    assert_eq!(
+        store.claim_partitions(&b, &[p]).await.expect("claim"),
+        Vec::<u32>::new(),
+        "released cleanly: trusted"
+    );
+    // b never releases p (it crashed).
+    assert_eq!(
+        store.claim_partitions(&c, &[p, q]).await.expect("claim"),
+        vec![p],
+        "p was not released by b; q was released by a"
+    );
+    // b comes back late: its release must not vouch for c's ownership.
+    store.release_partitions(&b, &[p]).await.expect("release");
+    assert_eq!(
+        store.claim_partitions(&d, &[p]).await.expect("claim"),
+        vec![p],
+        "c holds p and never released it"
+    );
+}
+
+/// What every [`crate::ports::RecentMessages`] must do. `ttl` is how long the adapter's clock
+/// takes to expire a list — the suite waits that long (under tokio's paused clock for the memory
+/// adapter, for real for Redis: keep it short).
+pub async fn recent_messages_suite(
+    recent: &dyn crate::ports::RecentMessages,
+    ttl: std::time::Duration,
+) {
+    let room = RoomId::parse(&format!("recent-{}", fastrand::u64(..))).expect("valid");
+    let long = std::time::Duration::from_secs(3600);
+    assert!(
+        recent.recent(&room, 10).await.expect("read").is_empty(),
+        "unknown room"
+    );
+    let first = batch(room.as_str(), 9, 1..=3);
+    recent.push(&first, 5, long).await.expect("push");
+    recent
+        .push(&batch(room.as_str(), 9, 4..=7), 5, long)
+        .await
+        .expect("push");
+    let got = recent.recent(&room, 10).await.expect("read");
+    let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [3, 4, 5, 6, 7], "capped at 5, oldest first");
+    assert_eq!(got[0], *first.msgs[2], "every field round-trips");
+    let seqs: Vec<u64> = recent
+        .recent(&room, 2)
+        .await
+        .expect("read")
+        .iter()
+        .map(|m| m.seq)
+        .collect();
+    assert_eq!(seqs, [6, 7], "the last `limit`");
+    // A new epoch is appended after the old one's messages (the list is what was delivered).
+    recent
+        .push(&batch(room.as_str(), 10, 1..=1), 5, long)
+        .await
+        .expect("push");
+    let got = recent.recent(&room, 10).await.expect("read");
+    assert_eq!(
+        got.iter().map(|m| (m.epoch, m.seq)).collect::<Vec<_>>(),
+        [(9, 4), (9, 5), (9, 6), (9, 7), (10, 1)]
+    );
+    // An idle room's list expires.
+    let other = RoomId::parse(&format!("recent-{}", fastrand::u64(..))).expect("valid");
+    recent
+        .push(&batch(other.as_str(), 1, 1..=2), 5, ttl)
+        .await
+        .expect("push");
+    assert_eq!(recent.recent(&other, 10).await.expect("read").len(), 2);
+    tokio::time::sleep(ttl * 3).await;
+    assert!(
+        recent.recent(&other, 10).await.expect("read").is_empty(),
+        "expired after its ttl"
+    );
+    assert_eq!(
+        recent.recent(&room, 10).await.expect("read").len(),
+        5,
+        "others stay"
+    );
 }
 
 /// What every [`crate::ports::AckStore`] must do.
@@ -587,5 +687,14 @@ mod tests {
     #[tokio::test]
     async fn memory_store_passes() {
         super::message_store_suite(&crate::memory::MemoryStore::new(100)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn memory_recent_messages_pass() {
+        super::recent_messages_suite(
+            &crate::memory::MemoryRecent::default(),
+            std::time::Duration::from_secs(60),
+        )
+        .await;
     }
 }

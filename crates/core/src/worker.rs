@@ -19,6 +19,13 @@
 //! owner loads them from the store. `run` ends on its stop signal (or when the bus closes) after
 //! the same flush and commit.
 //!
+//! Ownership is recorded in the store too ([`MessageStore::claim_partitions`]): a worker claims
+//! the partitions it is assigned and releases them once everything it handed out for them is
+//! durable (on revocation and on a clean stop). A partition whose previous owner never released
+//! it (it crashed, or its store failed) is untrusted: the first time the new owner touches one of
+//! its rooms, the room starts a new epoch, so no seq of the old epoch — which clients may have
+//! seen with other messages — is handed out twice.
+//!
 //! The batch window grows with what the worker observes itself — flushes that run late, records
 //! that waited in the bus, and how long its `Delivery::deliver` calls take — and, in standalone
 //! only, with the local gateway's passes over big rooms ([`LocalFanoutLoad`]).
@@ -35,11 +42,12 @@ use crate::BoxFut;
 
 use crate::config::WorkerConfig;
 use crate::history::{History, new_epoch};
-use crate::ids::RoomId;
+use crate::ids::{NodeId, RoomId};
 use crate::metrics::Metrics;
 use crate::model::{InboundMessage, RoomBatch, RoomMsg};
 use crate::ports::{
-    BusConsumer, BusError, BusEvent, Delivery, Offset, Partition, RouteTable, StoreError,
+    BusConsumer, BusError, BusEvent, Delivery, MessageStore, Offset, Partition, RouteTable,
+    StoreError,
 };
 use crate::route_cache::RouteCache;
 
@@ -101,6 +109,8 @@ pub struct RoomWorker {
     /// replaced by a slower one at once, by a faster one once it is [`LOAD_FRESH_MS`] old.
     deliver_us: AtomicU64,
     deliver_at_ms: AtomicU64,
+    /// The owner this worker claims its partitions as, in the store.
+    node: NodeId,
 }
 
 /// What the worker knows of one of its partitions.
@@ -110,6 +120,10 @@ struct PartState {
     processed: Option<Offset>,
     /// The highest offset committed.
     committed: Option<Offset>,
+    /// The previous owner did not release the partition cleanly: its rooms start new epochs.
+    untrusted: bool,
+    /// Rooms of an untrusted partition that started their new epoch already.
+    renewed: std::collections::HashSet<RoomId>,
 }
 
 /// A store flush under way, and the commits it makes safe.
@@ -194,6 +208,45 @@ impl RoomWorker {
             local_fanout: None,
             deliver_us: AtomicU64::new(0),
             deliver_at_ms: AtomicU64::new(0),
+            node: NodeId::new(&format!("worker-{:016x}", fastrand::u64(..))),
+        }
+    }
+
+    /// The node this worker claims its partitions as (default: a random one per worker).
+    pub fn with_node(mut self, node: NodeId) -> Self {
+        self.node = node;
+        self
+    }
+
+    fn store(&self) -> &Arc<dyn MessageStore> {
+        self.history.store()
+    }
+
+    /// Records this worker as the owner of newly assigned partitions; marks those the previous
+    /// owner did not release cleanly (all of them when the store cannot say).
+    async fn claim(&self, rooms: &mut Rooms, ps: &[Partition]) {
+        let unclean = match self.store().claim_partitions(&self.node, ps).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::error!(error = %e, partitions = ?ps, "cannot claim partitions in the store; their rooms start new epochs");
+                ps.to_vec()
+            }
+        };
+        if !unclean.is_empty() {
+            tracing::warn!(partitions = ?unclean, "partitions were not released cleanly by their previous owner; their rooms start new epochs");
+        }
+        for &p in ps {
+            rooms.parts.entry(p).or_default().untrusted = unclean.contains(&p);
+        }
+    }
+
+    /// Marks partitions released in the store (everything handed out for them is durable).
+    async fn release(&self, ps: &[Partition]) {
+        if ps.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store().release_partitions(&self.node, ps).await {
+            tracing::error!(error = %e, partitions = ?ps, "cannot release partitions in the store; the next owner starts new epochs");
         }
     }
 
@@ -315,7 +368,10 @@ impl RoomWorker {
         for room in all {
             self.flush(&room, &mut rooms).await;
         }
-        self.flush_and_commit(consumer, &mut rooms, None).await;
+        if self.flush_and_commit(consumer, &mut rooms, None).await {
+            let owned: Vec<Partition> = rooms.parts.keys().copied().collect();
+            self.release(&owned).await;
+        }
     }
 
     /// Takes in what the consumer handed out, in order.
@@ -352,9 +408,7 @@ impl RoomWorker {
                 }
                 BusEvent::Assigned(ps) => {
                     tracing::info!(partitions = ?ps, "partitions assigned");
-                    for p in ps {
-                        rooms.parts.entry(p).or_default();
-                    }
+                    self.claim(rooms, &ps).await;
                 }
                 BusEvent::Revoked(ps) => self.revoke(consumer, rooms, &ps).await,
             }
@@ -377,7 +431,9 @@ impl RoomWorker {
         for room in &gone {
             self.flush(room, rooms).await;
         }
-        self.flush_and_commit(consumer, rooms, Some(ps)).await;
+        if self.flush_and_commit(consumer, rooms, Some(ps)).await {
+            self.release(ps).await;
+        }
         for room in &gone {
             rooms.state.remove(room);
         }
@@ -391,28 +447,38 @@ impl RoomWorker {
     }
 
     /// Waits for the store to make everything appended durable, then commits what is done (of
-    /// `only` these partitions, if given).
+    /// `only` these partitions, if given). False when the store did not flush: then nothing
+    /// handed out may be durable, and the partitions must not be released as clean.
     async fn flush_and_commit(
         &self,
         consumer: &mut dyn BusConsumer,
         rooms: &mut Rooms,
         only: Option<&[Partition]>,
-    ) {
+    ) -> bool {
         let targets: Vec<_> = rooms
             .commit_targets()
             .into_iter()
             .filter(|(p, _)| only.is_none_or(|ps| ps.contains(p)))
             .collect();
-        if targets.is_empty() {
-            return;
-        }
+        // Nothing to commit may still leave new epochs of empty batches queued: flush anyway.
         // Not committed on failure: the next owner takes these records again (at least once).
-        match tokio::time::timeout(HANDOVER_FLUSH_WAIT, self.history.store().flush()).await {
-            Ok(Ok(())) => self.commit(consumer, rooms, targets).await,
-            Ok(Err(e)) => tracing::error!(error = %e, "store flush failed; offsets not committed"),
-            Err(_) => tracing::error!(
-                "the store did not flush within {HANDOVER_FLUSH_WAIT:?}; offsets not committed"
-            ),
+        match tokio::time::timeout(HANDOVER_FLUSH_WAIT, self.store().flush()).await {
+            Ok(Ok(())) => {
+                if !targets.is_empty() {
+                    self.commit(consumer, rooms, targets).await;
+                }
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "store flush failed; offsets not committed");
+                false
+            }
+            Err(_) => {
+                tracing::error!(
+                    "the store did not flush within {HANDOVER_FLUSH_WAIT:?}; offsets not committed"
+                );
+                false
+            }
         }
     }
 
@@ -450,7 +516,16 @@ impl RoomWorker {
             return;
         }
         if !rooms.state.contains_key(&msg.room) {
-            let (epoch, last_seq) = match self.history.cursor(&msg.room).await {
+            let renew = rooms
+                .parts
+                .get_mut(&partition)
+                .is_some_and(|p| p.untrusted && p.renewed.insert(msg.room.clone()));
+            let position = if renew {
+                self.history.restart_epoch(&msg.room).await.map(|e| (e, 0))
+            } else {
+                self.history.cursor(&msg.room).await
+            };
+            let (epoch, last_seq) = match position {
                 Ok(c) => c,
                 Err(e) => {
                     // Keep the room alive; a fresh epoch tells clients the stream restarted.

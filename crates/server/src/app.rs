@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use roomcast_backends::mysql::{MysqlOptions, MysqlStore};
 use roomcast_backends::redis::{RedisAckStore, RedisConn, RedisModeration, RedisRateLimiter};
 use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
 use roomcast_backends::sqlite_acks::SqliteAckStore;
@@ -96,6 +97,18 @@ pub async fn start_with_handlers(
                     .with_context(|| format!("cannot open {}", path.display()))?,
             )
         }
+        StoreUrl::Mysql(url) => Arc::new(
+            MysqlStore::open(
+                &url,
+                MysqlOptions {
+                    node: config.node_id().to_owned(),
+                    metrics: metrics.clone(),
+                    ..MysqlOptions::default()
+                },
+            )
+            .await
+            .context("store.url")?,
+        ),
     };
     if !store.previous_shutdown_clean() {
         tracing::warn!("the previous run did not shut down cleanly; rooms start new epochs");
@@ -117,6 +130,7 @@ pub async fn start_with_handlers(
             SqliteAckStore::open(&path)
                 .with_context(|| format!("cannot open {}", path.display()))?,
         ),
+        (None, StoreUrl::Mysql(_)) => unreachable!("store_url refuses mysql:// without redis.url"),
     };
     metrics
         .acks_pending
@@ -156,7 +170,8 @@ pub async fn start_with_handlers(
     let api_ingest = ingest.clone();
     // The outbox lives beside the messages (SQLite); with memory:// there is none.
     let outbox = match config.store_url()? {
-        StoreUrl::Memory => None,
+        // memory:// keeps none; the MySQL outbox is wired here once its adapter exists.
+        StoreUrl::Memory | StoreUrl::Mysql(_) => None,
         StoreUrl::Sqlite(path) => {
             let store: Arc<dyn OutboxStore> = Arc::new(
                 SqliteOutbox::open(&path)
@@ -195,7 +210,8 @@ pub async fn start_with_handlers(
     let delivery = Arc::new(LocalDelivery::new(gateway.clone()));
     let workers = consumers
         .into_iter()
-        .map(|consumer| {
+        .enumerate()
+        .map(|(i, consumer)| {
             let worker = RoomWorker::new(
                 config.worker.clone(),
                 history.clone(),
@@ -204,7 +220,9 @@ pub async fn start_with_handlers(
                 metrics.clone(),
             )
             // The gateway is in this process: the window follows its passes over big rooms.
-            .with_local_fanout(metrics.clone());
+            .with_local_fanout(metrics.clone())
+            // Its owner name in the store's partition claims.
+            .with_node(NodeId::new(&format!("{}-w{i}", config.node_id())));
             // Standalone stops its workers by closing the bus (they drain it first, so no
             // accepted message is lost); a Kafka consumer never closes and gets a stop signal.
             tokio::spawn(async move {
@@ -416,6 +434,11 @@ fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl, dev: bool) 
     let store = match store {
         StoreUrl::Memory => "in memory (memory://)".to_owned(),
         StoreUrl::Sqlite(p) => format!("SQLite {}", p.display()),
+        // Never the password.
+        StoreUrl::Mysql(url) => format!(
+            "MySQL protocol, {}",
+            url.rsplit_once('@').map_or("(url)", |(_, at)| at)
+        ),
     };
     // Written in one go and errors ignored: a closed stdout (a supervisor that stopped
     // reading) must not take the server down.

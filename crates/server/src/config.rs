@@ -288,6 +288,8 @@ impl Default for Config {
 pub enum StoreUrl {
     Memory,
     Sqlite(PathBuf),
+    /// `mysql://user:password@host:port/db`: TiDB, MySQL or MariaDB (the whole URL, for sqlx).
+    Mysql(String),
 }
 
 impl Config {
@@ -415,9 +417,21 @@ impl Config {
         match &self.store.url {
             None => Ok(StoreUrl::Sqlite(self.data_dir.join("roomcast.db"))),
             Some(u) if u == "memory://" => Ok(StoreUrl::Memory),
+            Some(u) if u.starts_with("mysql://") => {
+                if self.redis.url.is_none() {
+                    // Pending critical messages must outlive the process; with a shared
+                    // database they belong in shared Redis, not in one node's file.
+                    bail!(
+                        "store.url = mysql://… needs redis.url too (pending acks of critical messages live in Redis)"
+                    );
+                }
+                Ok(StoreUrl::Mysql(u.clone()))
+            }
             Some(u) => match u.strip_prefix("sqlite://") {
                 Some(path) if !path.is_empty() => Ok(StoreUrl::Sqlite(PathBuf::from(path))),
-                _ => bail!("store.url {u:?}: expected sqlite://PATH or memory://"),
+                _ => bail!(
+                    "store.url {u:?}: expected sqlite://PATH, mysql://USER:PASSWORD@HOST:PORT/DB or memory://"
+                ),
             },
         }
     }
@@ -474,6 +488,24 @@ fn set_path(root: &mut toml::Table, path: &[String], value: toml::Value) -> anyh
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_mysql_store_needs_redis_for_acks() {
+        let url = "mysql://u:p@127.0.0.1:3306/roomcast";
+        let e = Config::load_with_env(None, env(&[("ROOMCAST_STORE__URL", url)]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("redis.url"), "refused at load: {e}");
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("ROOMCAST_STORE__URL", url),
+                ("ROOMCAST_REDIS__URL", "redis://127.0.0.1:6379/"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.store_url().unwrap(), StoreUrl::Mysql(url.into()));
+    }
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs

@@ -10,7 +10,9 @@
 //! drift. Keys (R21): `ratelimit:{key}`, `ban:{user}`, `mute:{room}:{user}`,
 //! `ack:pending:{user}` (zset msg_id → next retry), `ack:msg:{user}` (hash msg_id → entry),
 //! `ack:count`, `room:subs:{room}` (set of nodes), `node:lease:{node}`, `node:rooms:{node}`,
-//! `presence:{user}` (zset node → expiry); route changes go out on the channel `routes`.
+//! `presence:{user}` (zset node → expiry), `room:recent:{room}` (list of the room's latest
+//! messages, Protobuf), `room:hot:{room}` (reserved for hot rooms, R16–R20: not written yet);
+//! route changes go out on the channel `routes`.
 //!
 //! Nothing here decides behaviour: each adapter passes the same port suite as its in-memory
 //! counterpart (`roomcast_core::testkit`).
@@ -19,6 +21,7 @@ mod acks;
 mod limiter;
 mod moderation;
 mod presence;
+mod recent;
 mod routes;
 
 use std::time::Duration;
@@ -27,6 +30,7 @@ pub use acks::RedisAckStore;
 pub use limiter::RedisRateLimiter;
 pub use moderation::RedisModeration;
 pub use presence::RedisPresence;
+pub use recent::RedisRecent;
 pub use routes::RedisRouteTable;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

@@ -7,6 +7,7 @@ mod discovery;
 mod moderation;
 mod presence;
 mod ratelimit;
+mod recent;
 mod routes;
 mod store;
 
@@ -16,5 +17,6 @@ pub use discovery::MemoryDiscovery;
 pub use moderation::MemoryModeration;
 pub use presence::MemoryPresence;
 pub use ratelimit::MemoryRateLimiter;
+pub use recent::MemoryRecent;
 pub use routes::MemoryRoutes;
 pub use store::MemoryStore;

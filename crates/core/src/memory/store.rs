@@ -6,13 +6,15 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::BoxFut;
-use crate::ids::RoomId;
+use crate::ids::{NodeId, RoomId};
 use crate::model::{RoomBatch, RoomMsg};
-use crate::ports::{MessageStore, StoreError, StoredRoom};
+use crate::ports::{MessageStore, Partition, StoreError, StoredRoom};
 
 pub struct MemoryStore {
     keep: usize,
     rooms: Mutex<HashMap<RoomId, Kept>>,
+    /// Per bus partition: its owner and whether it released the partition cleanly.
+    owners: Mutex<HashMap<Partition, (NodeId, bool)>>,
 }
 
 /// A room's epoch, last seq and last messages.
@@ -24,6 +26,7 @@ impl MemoryStore {
         MemoryStore {
             keep,
             rooms: Mutex::new(HashMap::new()),
+            owners: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -75,6 +78,39 @@ impl MessageStore for MemoryStore {
     }
 
     fn close(&self) -> BoxFut<'_, Result<(), StoreError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn claim_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<Vec<Partition>, StoreError>> {
+        let mut owners = self.owners.lock();
+        let unclean = partitions
+            .iter()
+            .filter(|&&p| {
+                let prev = owners.insert(p, (owner.clone(), false));
+                prev.is_some_and(|(_, clean)| !clean)
+            })
+            .copied()
+            .collect();
+        Box::pin(std::future::ready(Ok(unclean)))
+    }
+
+    fn release_partitions<'a>(
+        &'a self,
+        owner: &'a NodeId,
+        partitions: &'a [Partition],
+    ) -> BoxFut<'a, Result<(), StoreError>> {
+        let mut owners = self.owners.lock();
+        for p in partitions {
+            if let Some((o, clean)) = owners.get_mut(p)
+                && o == owner
+            {
+                *clean = true;
+            }
+        }
         Box::pin(std::future::ready(Ok(())))
     }
 }

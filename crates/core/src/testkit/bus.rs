@@ -72,6 +72,7 @@ pub async fn bus_suite<H: BusHarness>(make: impl Fn() -> H) {
     the_worker_stops_with_everything_flushed_and_committed(&make()).await;
     a_crashed_worker_leaves_what_was_not_done_to_the_next(&make()).await;
     a_revoked_room_is_loaded_from_the_store_by_its_next_owner(&make()).await;
+    a_room_taken_from_a_crashed_owner_starts_a_new_epoch(&make()).await;
 }
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -297,6 +298,8 @@ impl Delivery for Recorder {
 /// A running room worker (one "process": its own history over the shared store).
 struct Running {
     batches: mpsc::UnboundedReceiver<Arc<RoomBatch>>,
+    /// The epoch of the last batch delivered per room.
+    epochs: BTreeMap<String, u32>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     metrics: Arc<Metrics>,
@@ -344,6 +347,7 @@ async fn start_worker(
     });
     Running {
         batches,
+        epochs: BTreeMap::new(),
         stop: Some(stop),
         task,
         metrics,
@@ -357,6 +361,7 @@ impl Running {
         within("deliveries", async {
             while got.len() < n {
                 let b = self.batches.recv().await.expect("worker is running");
+                self.epochs.insert(b.room.as_str().to_owned(), b.epoch);
                 got.extend(b.msgs.iter().map(|m| (m.room_id.clone(), m.seq)));
             }
         })
@@ -688,4 +693,54 @@ pub async fn a_revoked_room_is_loaded_from_the_store_by_its_next_owner(h: &dyn B
         "rooms that were away continue from the store (seq 3), not from memory (seq 2)"
     );
     assert!(w1.stop().await.is_empty());
+}
+
+/// Ownership is recorded in the store: a worker that takes a partition its previous owner
+/// released cleanly continues its rooms' epochs; one that takes it from a crashed owner (no
+/// release: its handed-out seqs may not all be stored) starts each room on a new epoch, so no
+/// seq is handed out twice within an epoch.
+pub async fn a_room_taken_from_a_crashed_owner_starts_a_new_epoch(h: &dyn BusHarness) {
+    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(100));
+    let bus = h.bus();
+    let room = "epoch-room".to_owned();
+
+    // A clean hand-over (stop): the next owner keeps the epoch.
+    let mut w1 = start_worker(h.join().await, store.clone(), [room.clone()], 5).await;
+    bus.publish(message(&room, 0)).await.expect("publish");
+    assert_eq!(w1.delivered(1).await, [(room.clone(), 1)]);
+    let first_epoch = w1.epochs[&room];
+    assert!(w1.stop().await.is_empty());
+    let (c2, own2) = Tap::new(h.join().await, false);
+    let mut w2 = start_worker(Box::new(c2), store.clone(), [room.clone()], 5).await;
+    bus.publish(message(&room, 1)).await.expect("publish");
+    assert_eq!(w2.delivered(1).await, [(room.clone(), 2)], "seq continues");
+    assert_eq!(
+        w2.epochs[&room], first_epoch,
+        "a clean hand-over keeps the epoch"
+    );
+    // Committed (so the successor does not take the record again), but never released.
+    own2.wait_commit("w2's commit", |_| true).await;
+
+    // w2 dies without releasing: its successor starts the room on a new epoch at seq 1.
+    w2.task.abort();
+    let _ = w2.task.await;
+    let mut w3 = start_worker(h.join().await, store.clone(), [room.clone()], 5).await;
+    bus.publish(message(&room, 2)).await.expect("publish");
+    let got = w3.delivered(1).await;
+    assert_eq!(got, [(room.clone(), 1)], "a new epoch starts at seq 1");
+    assert_ne!(
+        w3.epochs[&room], first_epoch,
+        "untrusted positions get a new epoch"
+    );
+    let stored = store
+        .load_room(&RoomId::parse(&room).expect("valid"), 10)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!(
+        (stored.epoch, stored.last_seq),
+        (w3.epochs[&room], 1),
+        "the new epoch is durable"
+    );
+    assert!(w3.stop().await.is_empty());
 }
