@@ -8,6 +8,7 @@
 //! one. This crate must not know which adapter it runs on.
 
 pub mod auth;
+pub mod client_error;
 pub mod clock;
 pub mod config;
 pub mod gateway;

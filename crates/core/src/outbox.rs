@@ -26,60 +26,12 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::BoxFut;
-use crate::ids::{MsgId, RoomId, UserId};
+use crate::ids::MsgId;
 use crate::ingest::{ChatRequest, Ingest, IngestError};
-use crate::model::MsgKind;
 use crate::ports::StoreError;
 
-/// One outbox row.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutboxRow {
-    /// Assigned by the store, increasing: the publishing order.
-    pub id: i64,
-    /// What was written.
-    pub event: NewOutboxRow,
-    /// Milliseconds since the Unix epoch when the row was written.
-    pub created_ms: u64,
-    /// Fixed before the first publication (see the module docs).
-    pub msg_id: Option<u64>,
-}
-
-/// A row to write (the store assigns `id`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOutboxRow {
-    pub room: RoomId,
-    pub kind: MsgKind,
-    pub user: UserId,
-    pub name: Option<String>,
-    pub text: String,
-    /// JSON text.
-    pub payload: Option<String>,
-}
-
-/// Where outbox rows live (the backend's database; SQLite in standalone).
-pub trait OutboxStore: Send + Sync {
-    /// Appends a row; returns its id.
-    fn insert(&self, row: NewOutboxRow) -> BoxFut<'_, Result<i64, StoreError>>;
-    /// Takes or renews the lease for `holder` until `now + ttl`; false while another holder's
-    /// lease is still valid.
-    fn acquire_lease<'a>(
-        &'a self,
-        holder: &'a str,
-        ttl: Duration,
-    ) -> BoxFut<'a, Result<bool, StoreError>>;
-    /// Gives the lease up (a clean stop), so another relay need not wait for it to expire.
-    fn release_lease<'a>(&'a self, holder: &'a str) -> BoxFut<'a, Result<(), StoreError>>;
-    /// The oldest pending rows, in id order.
-    fn pending(&self, limit: usize) -> BoxFut<'_, Result<Vec<OutboxRow>, StoreError>>;
-    /// Records the message id a row will be published with.
-    fn assign_msg_id(&self, id: i64, msg_id: u64) -> BoxFut<'_, Result<(), StoreError>>;
-    // No `mark_sent`: the message store marks a row sent in the transaction that stores it.
-    /// Marks a row that can never be published (it stays in the table, out of the queue).
-    fn mark_failed(&self, id: i64) -> BoxFut<'_, Result<(), StoreError>>;
-    /// Rows not yet published.
-    fn pending_count(&self) -> BoxFut<'_, Result<u64, StoreError>>;
-}
+/// The port this relay publishes from (defined with the other ports).
+pub use crate::ports::{NewOutboxRow, OutboxRow, OutboxStore};
 
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
