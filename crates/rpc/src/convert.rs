@@ -222,10 +222,7 @@ pub fn command(c: &Command) -> pb::Command {
 pub fn from_command(c: pb::Command) -> Result<Command, Invalid> {
     use pb::command::Command as C;
     Ok(
-        match c
-            .command
-            .ok_or_else(|| invalid("command", "no command"))?
-        {
+        match c.command.ok_or_else(|| invalid("command", "no command"))? {
             C::Kick(k) => Command::Kick {
                 user: user(&k.user)?,
                 close_code: u16::try_from(k.close_code)
@@ -246,4 +243,121 @@ pub fn from_command(c: pb::Command) -> Result<Command, Invalid> {
             },
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use roomcast_core::model::RoomMsg;
+
+    fn msg(room: &str, seq: u64) -> Arc<RoomMsg> {
+        Arc::new(RoomMsg {
+            room_id: room.into(),
+            msg_id: seq,
+            seq,
+            user_id: "u".into(),
+            name: Some("名字".into()),
+            text: "666 哈哈哈".into(),
+            kind: "chat".into(),
+            ts: 9,
+            epoch: 3,
+            payload: None,
+        })
+    }
+
+    #[test]
+    fn batches_round_trip_and_garbage_is_refused() {
+        let b = RoomBatch {
+            room: RoomId::parse("r").unwrap(),
+            epoch: 3,
+            msgs: vec![msg("r", 1), msg("r", 2)],
+            outbox_ids: vec![],
+        };
+        let back = decode_batch(&encode_batch(&b)).unwrap();
+        assert_eq!((back.room.as_str(), back.epoch), ("r", 3));
+        assert_eq!(back.msgs, b.msgs);
+        assert!(decode_batch(&[0xff, 0xff, 0xff]).is_err());
+        let wrong = RoomBatch {
+            msgs: vec![msg("other", 1)],
+            ..b
+        };
+        let e = decode_batch(&encode_batch(&wrong)).unwrap_err().to_string();
+        assert!(e.contains("other"), "{e}");
+    }
+
+    #[test]
+    fn commands_round_trip_and_bad_ones_are_refused() {
+        let c = Command::Critical {
+            user: UserId::parse("alice").unwrap(),
+            msg: CriticalMsg {
+                msg_id: 5,
+                kind: "gift".into(),
+                room: Some(RoomId::parse("r").unwrap()),
+                text: None,
+                payload: Some("{}".into()),
+                ts: 1,
+            },
+        };
+        assert_eq!(from_command(command(&c)).unwrap(), c);
+        let mut bad = command(&Command::Kick {
+            user: UserId::parse("alice").unwrap(),
+            close_code: 4003,
+            code: "x".into(),
+            reason: "y".into(),
+        });
+        if let Some(pb::command::Command::Kick(k)) = bad.command.as_mut() {
+            k.close_code = 70_000;
+        }
+        assert!(
+            from_command(bad)
+                .unwrap_err()
+                .to_string()
+                .contains("close code")
+        );
+        assert!(from_command(pb::Command { command: None }).is_err());
+        let mut req = submit_request(&ChatRequest {
+            room: RoomId::parse("r").unwrap(),
+            user: UserId::parse("u").unwrap(),
+            name: None,
+            text: "t".into(),
+            kind: MsgKind::Gift,
+            payload: None,
+            trusted: true,
+            msg_id: Some(MsgId(7)),
+        });
+        let back = chat_request(req.clone()).unwrap();
+        assert_eq!(
+            (back.kind, back.msg_id, back.trusted),
+            (MsgKind::Gift, Some(MsgId(7)), true)
+        );
+        req.kind = "nonsense".into();
+        assert!(chat_request(req.clone()).is_err());
+        req.kind = "chat".into();
+        req.room = "has space".into();
+        assert!(chat_request(req).is_err());
+    }
+
+    #[test]
+    fn every_refusal_survives_the_trip() {
+        let cases = [
+            IngestError::BadRequest("x".into()),
+            IngestError::RateLimited {
+                retry_after_ms: 1500,
+                scope: "room",
+            },
+            IngestError::Muted {
+                until_ms: Some(9),
+                reason: "r".into(),
+            },
+            IngestError::Banned {
+                until_ms: None,
+                reason: "b".into(),
+            },
+            IngestError::ContentRejected,
+            IngestError::Unavailable("down".into()),
+        ];
+        for e in cases {
+            assert_eq!(ingest_result(submit_reply(Err(e.clone()))), Err(e));
+        }
+    }
 }
