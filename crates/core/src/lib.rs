@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod ports;
+pub mod remote_history;
 pub mod route_cache;
 pub mod shard;
 #[cfg(any(test, feature = "testkit"))]
