@@ -115,8 +115,10 @@ impl Ctx {
             if p.events.is_empty() && p.skipped.is_empty() {
                 return;
             }
+            // The next batch starts empty and grows to what arrives: a lone record costs no
+            // batch-sized allocation.
             (
-                std::mem::replace(&mut p.events, Vec::with_capacity(MAX_BATCH)),
+                std::mem::take(&mut p.events),
                 std::mem::take(&mut p.skipped),
             )
         };
