@@ -179,23 +179,35 @@ impl ConsumerContext for Ctx {
             Rebalance::Revoke(tpl) => {
                 let ps = self.partitions_of(tpl);
                 tracing::debug!(partitions = ?ps, "kafka revoked");
-                // Records gathered so far go out before the revocation.
-                self.pending.lock().assigned.retain(|p| !ps.contains(p));
-                self.flush();
-                if ps.is_empty() || self.closing.load(Ordering::Relaxed) {
-                    return;
-                }
-                let (release, released) = std::sync::mpsc::sync_channel(1);
-                self.send(Item::Revoked(ps.clone(), release));
-                match released.recv_timeout(HOLD_REVOKE) {
-                    Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
-                    Err(RecvTimeoutError::Timeout) => tracing::warn!(
-                        partitions = ?ps,
-                        "revoked partitions not let go within {HOLD_REVOKE:?}; the group moves on"
-                    ),
-                }
+                self.revoke(ps);
             }
-            Rebalance::Error(e) => tracing::warn!(error = %e, "kafka rebalance failed"),
+            Rebalance::Error(e) => {
+                // rdkafka unassigns everything after a failed rebalance: the user is told so.
+                tracing::warn!(error = %e, "kafka rebalance failed; partitions given up");
+                let all = self.pending.lock().assigned.clone();
+                self.revoke(all);
+            }
+        }
+    }
+}
+
+impl Ctx {
+    /// Hands out `Revoked` after the records gathered so far, then holds the group until the
+    /// user lets go (or [`HOLD_REVOKE`] passes).
+    fn revoke(&self, ps: Vec<Partition>) {
+        self.pending.lock().assigned.retain(|p| !ps.contains(p));
+        self.flush();
+        if ps.is_empty() || self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let (release, released) = std::sync::mpsc::sync_channel(1);
+        self.send(Item::Revoked(ps.clone(), release));
+        match released.recv_timeout(HOLD_REVOKE) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => {}
+            Err(RecvTimeoutError::Timeout) => tracing::warn!(
+                partitions = ?ps,
+                "revoked partitions not let go within {HOLD_REVOKE:?}; the group moves on"
+            ),
         }
     }
 }
