@@ -68,6 +68,13 @@ port_open() { (exec 3<> "/dev/tcp/127.0.0.1/$1") 2> /dev/null; }
 
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2> /dev/null; }
 
+# Whether process $1 still runs: an exited one may linger as a zombie where nothing reaps
+# orphans (some container inits), and `kill -0` succeeds on those.
+running() {
+  kill -0 "$1" 2> /dev/null || return 1
+  ! grep -qs '^State:[[:space:]]*Z' "/proc/$1/status"
+}
+
 # Waits until `check` succeeds (up to $2 seconds); prints the log on failure.
 wait_for() {
   local what=$1 secs=$2 logfile=$3 check=$4
@@ -190,9 +197,21 @@ kafka_up() {
   wait_for "the Kafka broker (tansu)" 30 "$dir/kafka/tansu.log" kafka_ok
 }
 
+# Returns once the broker has exited, so an `up` right after finds its port free.
 kafka_down() {
-  pid_alive "$dir/kafka/tansu.pid" && kill "$(cat "$dir/kafka/tansu.pid")"
-  rm -f "$dir/kafka/tansu.pid"
+  local pidf=$dir/kafka/tansu.pid
+  if pid_alive "$pidf"; then
+    local pid
+    pid=$(cat "$pidf")
+    kill "$pid"
+    for _ in $(seq 1 100); do running "$pid" || break; sleep 0.1; done
+    if running "$pid"; then
+      log "tansu did not stop within 10s; killing it"
+      kill -9 "$pid"
+      for _ in $(seq 1 50); do running "$pid" || break; sleep 0.1; done
+    fi
+  fi
+  rm -f "$pidf"
 }
 
 # ---- commands ----------------------------------------------------------------------------------

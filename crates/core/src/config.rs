@@ -216,7 +216,8 @@ impl Default for IngestConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Bus partitions (and, in standalone, room worker tasks).
+    /// Room worker tasks; with the in-memory bus also its partition count (Kafka: group
+    /// members of this process, at most the topic's partition count).
     pub partitions: usize,
     /// Messages a partition may hold before publishers wait.
     pub partition_capacity: usize,

@@ -185,6 +185,8 @@ pub struct Metrics {
     pub fanout_pass_big: Histogram,
     /// Bus records a room worker dropped as already processed (redelivered around a rebalance).
     pub bus_duplicates: Counter,
+    /// Bus records that did not decode (another version, truncated, garbage): skipped.
+    pub bus_undecodable: Counter,
     /// The latest such pass, for the room workers of the same process (not exported).
     pub fanout_load: FanoutLoad,
     pub drops: [Counter; 5],
@@ -229,6 +231,7 @@ impl Default for Metrics {
             fanout_passes: Counter::default(),
             fanout_pass_big: Histogram::new(LATENCY_S),
             bus_duplicates: Counter::default(),
+            bus_undecodable: Counter::default(),
             fanout_load: FanoutLoad::default(),
             drops: Default::default(),
             slow_disconnects: Counter::default(),
@@ -336,6 +339,12 @@ impl Metrics {
             "roomcast_bus_duplicates_total",
             "Bus records a room worker dropped as already processed (redelivered).",
             self.bus_duplicates.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_bus_undecodable_total",
+            "Bus records that did not decode (another encoding version, truncated, garbage); skipped.",
+            self.bus_undecodable.get(),
         );
         counter(
             &mut o,

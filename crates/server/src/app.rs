@@ -1,7 +1,8 @@
 //! The composition root: the only place that knows which adapter each port uses.
 //!
-//! [`start`] wires the standalone mode (in-memory bus, routes, presence, limits and moderation;
-//! SQLite or in-memory store), starts the room workers, the gateway's background duties and the
+//! [`start`] wires the standalone mode (in-memory routes, presence, limits and moderation;
+//! SQLite or in-memory store; the in-memory bus, or Kafka with `[bus] url`), starts the room
+//! workers, the gateway's background duties and the
 //! HTTP server, and returns a [`Running`] handle whose [`Running::shutdown`] stops everything in
 //! order: stop accepting, stop taking messages and deliver what is in flight, close every
 //! connection with "going away", flush the store and mark it clean.
@@ -13,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use roomcast_backends::kafka::KafkaBus;
 use roomcast_backends::mysql::{MysqlOptions, MysqlStore};
 use roomcast_backends::redis::{RedisAckStore, RedisConn, RedisModeration, RedisRateLimiter};
 use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
@@ -30,13 +32,13 @@ use roomcast_core::memory::{
 };
 use roomcast_core::metrics::Metrics;
 use roomcast_core::outbox::{OutboxRelay, OutboxStore, RelayConfig};
-use roomcast_core::ports::{AckStore, MessageStore, Moderation, RateLimiter};
+use roomcast_core::ports::{AckStore, Bus, BusConsumer, MessageStore, Moderation, RateLimiter};
 use roomcast_core::worker::RoomWorker;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, StoreUrl};
+use crate::config::{BusUrl, Config, StoreUrl};
 use crate::http::{self, HttpState};
 use crate::{keys, secret};
 
@@ -53,7 +55,10 @@ pub struct Running {
     relay_task: Option<JoinHandle<()>>,
     http_task: JoinHandle<()>,
     workers: Vec<JoinHandle<()>>,
-    bus: Arc<MemoryBus>,
+    /// The in-memory bus, closed at shutdown (its workers drain it first).
+    memory_bus: Option<Arc<MemoryBus>>,
+    /// Stops workers whose bus never closes (Kafka).
+    stop_workers: watch::Sender<bool>,
     store: Arc<dyn MessageStore>,
     grace: Duration,
     drain: Duration,
@@ -141,9 +146,32 @@ pub async fn start_with_handlers(
         Some(path) => WordFilter::from_file(path)?,
         None => WordFilter::empty(),
     };
-    let (bus, consumers) =
-        MemoryBus::new(config.worker.partitions, config.worker.partition_capacity);
-    let bus = Arc::new(bus);
+    let (bus, consumers, memory_bus): (Arc<dyn Bus>, Vec<Box<dyn BusConsumer>>, _) =
+        match config.bus_url()? {
+            BusUrl::Memory => {
+                let (bus, consumers) =
+                    MemoryBus::new(config.worker.partitions, config.worker.partition_capacity);
+                let bus = Arc::new(bus);
+                let consumers = consumers
+                    .into_iter()
+                    .map(|c| Box::new(c) as Box<dyn BusConsumer>)
+                    .collect();
+                (bus.clone(), consumers, Some(bus))
+            }
+            BusUrl::Kafka(opts) => {
+                let bus = KafkaBus::connect(opts, metrics.clone())
+                    .await
+                    .context("bus.url")?;
+                // One group member per worker task; members beyond the partition count
+                // would hold nothing.
+                let tasks = config.worker.partitions.min(bus.partitions() as usize);
+                let consumers = (0..tasks)
+                    .map(|_| bus.consumer().map(|c| Box::new(c) as Box<dyn BusConsumer>))
+                    .collect::<Result<Vec<_>, _>>()
+                    .context("bus.url")?;
+                (Arc::new(bus), consumers, None)
+            }
+        };
     let routes = Arc::new(MemoryRoutes::default());
     let presence = Arc::new(MemoryPresence::default());
     let memory_limiter = redis
@@ -208,6 +236,7 @@ pub async fn start_with_handlers(
     // The node's routes are visible only under its lease: take it before the first join.
     gateway.renew_routes().await;
     let delivery = Arc::new(LocalDelivery::new(gateway.clone()));
+    let (stop_workers, stop_workers_rx) = watch::channel(false);
     let workers = consumers
         .into_iter()
         .enumerate()
@@ -223,11 +252,20 @@ pub async fn start_with_handlers(
             .with_local_fanout(metrics.clone())
             // Its owner name in the store's partition claims.
             .with_node(NodeId::new(&format!("{}-w{i}", config.node_id())));
-            // Standalone stops its workers by closing the bus (they drain it first, so no
-            // accepted message is lost); a Kafka consumer never closes and gets a stop signal.
+            // The in-memory bus stops its workers by closing (they drain it first, so no
+            // accepted message is lost); a Kafka consumer never closes and gets a stop signal
+            // (what it did not take stays in the topic for the group's next run).
+            let stop = stop_workers_rx.clone();
+            let closes = memory_bus.is_some();
             tokio::spawn(async move {
                 worker
-                    .run(Box::new(consumer), std::future::pending::<()>())
+                    .run(consumer, async move {
+                        if closes {
+                            std::future::pending::<()>().await
+                        } else {
+                            wait_true(stop).await
+                        }
+                    })
                     .await
             })
         })
@@ -355,7 +393,8 @@ pub async fn start_with_handlers(
         relay_task,
         http_task,
         workers,
-        bus,
+        memory_bus,
+        stop_workers,
         store,
         grace: Duration::from_millis(config.shutdown_grace_ms),
         drain: Duration::from_millis(config.shutdown_drain_ms),
@@ -377,8 +416,13 @@ impl Running {
         if let Some(t) = self.relay_task {
             let _ = t.await;
         }
-        // No new messages; workers deliver what they hold, then end.
-        self.bus.close();
+        // No new messages; workers deliver what they hold, commit, then end.
+        match &self.memory_bus {
+            Some(bus) => bus.close(),
+            None => {
+                let _ = self.stop_workers.send(true);
+            }
+        }
         for w in self.workers {
             let _ = w.await;
         }
@@ -418,9 +462,13 @@ pub async fn run(
     let data_dir = config.data_dir.clone();
     let store = config.store_url()?;
     let dev = config.dev.endpoints_on(config.listen);
+    let bus = match config.bus_url()? {
+        BusUrl::Memory => "in memory".to_owned(),
+        BusUrl::Kafka(o) => format!("Kafka {}, topic {}", o.brokers, o.topic),
+    };
     let running = start(config).await?;
     if announce {
-        print_banner(running.addr, &data_dir, &store, dev);
+        print_banner(running.addr, &data_dir, &store, &bus, dev);
     }
     tracing::info!(addr = %running.addr, "roomcast standalone started");
     stop.await;
@@ -430,7 +478,7 @@ pub async fn run(
     Ok(())
 }
 
-fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl, dev: bool) {
+fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl, bus: &str, dev: bool) {
     let store = match store {
         StoreUrl::Memory => "in memory (memory://)".to_owned(),
         StoreUrl::Sqlite(p) => format!("SQLite {}", p.display()),
@@ -443,7 +491,7 @@ fn print_banner(addr: SocketAddr, data_dir: &Path, store: &StoreUrl, dev: bool) 
     // Written in one go and errors ignored: a closed stdout (a supervisor that stopped
     // reading) must not take the server down.
     let text = format!(
-        "roomcast {} (standalone)\n  listening on http://{addr}  (WebSocket: ws://{addr}/ws)\n  demo page: http://{addr}/  (dev endpoints {})\n  messages: {store}\n  get a token: roomcast token --user alice --data-dir {}\n    (from a checkout: cargo run --release -- token --user alice)\n  stop with Ctrl-C\n",
+        "roomcast {} (standalone)\n  listening on http://{addr}  (WebSocket: ws://{addr}/ws)\n  demo page: http://{addr}/  (dev endpoints {})\n  messages: {store}\n  bus: {bus}\n  get a token: roomcast token --user alice --data-dir {}\n    (from a checkout: cargo run --release -- token --user alice)\n  stop with Ctrl-C\n",
         env!("CARGO_PKG_VERSION"),
         if dev {
             "on; [dev] endpoints = false turns them off"

@@ -37,6 +37,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub http: HttpConfig,
     pub redis: RedisConfig,
+    pub bus: BusConfig,
     pub dev: DevConfig,
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
@@ -204,6 +205,50 @@ impl Default for RedisConfig {
     }
 }
 
+/// The bus between ingest and the room workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BusConfig {
+    /// `memory` (in this process, `worker.partitions` partitions) or
+    /// `kafka://host:port[,host:port…]`.
+    pub url: String,
+    /// Kafka: the topic, created when missing.
+    pub topic: String,
+    /// Kafka: the room workers' consumer group.
+    pub group: String,
+    /// Kafka: partitions of the topic when the server creates it (an existing topic keeps its
+    /// own count).
+    pub partitions: u32,
+    /// Kafka: replication factor of the topic when the server creates it.
+    pub replication: u16,
+    /// Kafka: how long the producer waits to send messages that arrive together in one request.
+    pub linger_ms: u64,
+    /// Kafka: how long a message may take to be acknowledged by the brokers before its `chat`
+    /// fails with `unavailable`; also the bound of an offset commit.
+    pub delivery_timeout_ms: u64,
+}
+
+impl Default for BusConfig {
+    fn default() -> Self {
+        BusConfig {
+            url: "memory".into(),
+            topic: "room_chat".into(),
+            group: "roomcast-workers".into(),
+            partitions: 8,
+            replication: 1,
+            linger_ms: 5,
+            delivery_timeout_ms: 5000,
+        }
+    }
+}
+
+/// Which bus the config selects.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusUrl {
+    Memory,
+    Kafka(roomcast_backends::kafka::KafkaOptions),
+}
+
 /// Development conveniences for the demo page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -273,6 +318,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             http: HttpConfig::default(),
             redis: RedisConfig::default(),
+            bus: BusConfig::default(),
             dev: DevConfig::default(),
             store: StoreConfig::default(),
             gateway: GatewayConfig::default(),
@@ -410,7 +456,32 @@ impl Config {
             l.check(name).map_err(anyhow::Error::msg)?;
         }
         self.store_url()?;
+        self.bus_url()?;
         Ok(())
+    }
+
+    /// The bus `[bus]` selects, its options checked (naming the key at fault).
+    pub fn bus_url(&self) -> anyhow::Result<BusUrl> {
+        let b = &self.bus;
+        if b.url == "memory" {
+            return Ok(BusUrl::Memory);
+        }
+        if !b.url.starts_with("kafka://") {
+            bail!(
+                "bus.url {:?}: expected memory or kafka://host:port[,host:port…]",
+                b.url
+            );
+        }
+        let mut o = roomcast_backends::kafka::KafkaOptions::from_url(&b.url)
+            .map_err(|e| anyhow::anyhow!("bus.url: {e}"))?;
+        o.topic = b.topic.clone();
+        o.group = b.group.clone();
+        o.partitions = b.partitions;
+        o.replication = b.replication;
+        o.linger_ms = b.linger_ms;
+        o.delivery_timeout_ms = b.delivery_timeout_ms;
+        o.validate().map_err(|e| anyhow::anyhow!("bus: {e}"))?;
+        Ok(BusUrl::Kafka(o))
     }
 
     pub fn store_url(&self) -> anyhow::Result<StoreUrl> {
@@ -455,6 +526,9 @@ const STRING_KEYS: &[&str] = &[
     "store.url",
     "redis.url",
     "redis.key_prefix",
+    "bus.url",
+    "bus.topic",
+    "bus.group",
     "ingest.words_file",
 ];
 
@@ -552,6 +626,57 @@ mod tests {
             Some("s3cret-s3cret-s3cret-s3cret-s3cret")
         );
         assert_eq!(c.store_url().unwrap(), StoreUrl::Memory);
+    }
+
+    #[test]
+    fn the_bus_is_memory_or_kafka_with_its_options_checked() {
+        let c = Config::load_with_env(None, env(&[])).unwrap();
+        assert_eq!(c.bus_url().unwrap(), BusUrl::Memory);
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("ROOMCAST_BUS__URL", "kafka://k1:9092,k2:9092"),
+                ("ROOMCAST_BUS__TOPIC", "chat"),
+                ("ROOMCAST_BUS__PARTITIONS", "32"),
+                ("ROOMCAST_BUS__REPLICATION", "3"),
+            ]),
+        )
+        .unwrap();
+        let BusUrl::Kafka(o) = c.bus_url().unwrap() else {
+            panic!("kafka");
+        };
+        assert_eq!(
+            (o.brokers.as_str(), o.topic.as_str(), o.group.as_str()),
+            ("k1:9092,k2:9092", "chat", "roomcast-workers")
+        );
+        assert_eq!((o.partitions, o.replication, o.linger_ms), (32, 3, 5));
+        for (key, value, named) in [
+            ("ROOMCAST_BUS__URL", "redis://x:1", "bus.url"),
+            ("ROOMCAST_BUS__URL", "kafka://nohost", "bus.url"),
+            ("ROOMCAST_BUS__URL", "kafka://h:1,", "bus.url"),
+        ] {
+            let e = Config::load_with_env(None, env(&[(key, value)])).unwrap_err();
+            assert!(e.to_string().contains(named), "{value}: {e}");
+        }
+        for (key, value, named) in [
+            ("ROOMCAST_BUS__TOPIC", "a b", "topic"),
+            ("ROOMCAST_BUS__PARTITIONS", "0", "partitions"),
+            ("ROOMCAST_BUS__REPLICATION", "0", "replication"),
+            (
+                "ROOMCAST_BUS__DELIVERY_TIMEOUT_MS",
+                "1",
+                "delivery_timeout_ms",
+            ),
+        ] {
+            let e = Config::load_with_env(
+                None,
+                env(&[("ROOMCAST_BUS__URL", "kafka://h:1"), (key, value)]),
+            )
+            .unwrap_err();
+            assert!(e.to_string().contains(named), "{value}: {e}");
+        }
+        // Kafka's options are checked only when Kafka is in use.
+        assert!(Config::load_with_env(None, env(&[("ROOMCAST_BUS__PARTITIONS", "0")])).is_ok());
     }
 
     #[test]

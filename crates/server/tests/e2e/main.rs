@@ -7,6 +7,7 @@ mod auth;
 mod binary;
 mod history;
 mod hostile;
+mod kafka;
 mod lifecycle;
 mod limits;
 mod malformed;
