@@ -65,7 +65,7 @@ pub struct Running {
     shutting_down: Arc<AtomicBool>,
 }
 
-async fn wait_true(mut rx: watch::Receiver<bool>) {
+pub(crate) async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
@@ -364,6 +364,8 @@ pub async fn start_with_handlers(
         Arc::new(crate::api::ApiState {
             gateway: gateway.clone(),
             control: Arc::new(LocalControl::new(gateway.clone())),
+            max_text_chars: config.ingest.max_text_chars,
+            ids: api_ingest.ids(),
             ingest: api_ingest,
             keys: api_keys,
             outbox,
@@ -443,7 +445,7 @@ impl Running {
 /// thousands at once (tokio's default backlog is 128).
 const LISTEN_BACKLOG: i32 = 4096;
 
-fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+pub(crate) fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;

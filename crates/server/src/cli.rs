@@ -27,6 +27,12 @@ struct Cli {
 enum Cmd {
     /// Run every role in one process, with no outside services (the default).
     Standalone(ServerArgs),
+    /// Distributed mode: client connections and the server API (docs/operations.md).
+    Gateway(ServerArgs),
+    /// Distributed mode: the ingest pipeline into Kafka.
+    Ingest(ServerArgs),
+    /// Distributed mode: a room worker (one member of the Kafka consumer group).
+    Worker(ServerArgs),
     /// Print a client token (JWT) signed with the server's secret.
     Token(TokenArgs),
 }
@@ -76,6 +82,9 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.cmd.unwrap_or_else(default_cmd) {
         Cmd::Standalone(args) => standalone(args),
+        Cmd::Gateway(args) => role(crate::roles::Role::Gateway, args),
+        Cmd::Ingest(args) => role(crate::roles::Role::Ingest, args),
+        Cmd::Worker(args) => role(crate::roles::Role::Worker, args),
         Cmd::Token(args) => token(args),
     };
     match result {
@@ -87,7 +96,7 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn standalone(args: ServerArgs) -> anyhow::Result<()> {
+fn server_config(args: ServerArgs) -> anyhow::Result<Config> {
     let mut config = Config::load(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         config.listen = listen;
@@ -96,12 +105,25 @@ fn standalone(args: ServerArgs) -> anyhow::Result<()> {
         config.data_dir = dir;
     }
     init_logging(config.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    Ok(config)
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("roomcast")
         .build()
-        .context("cannot start the runtime")?;
-    runtime.block_on(app::run(config, shutdown_signal(), true))
+        .context("cannot start the runtime")
+}
+
+fn standalone(args: ServerArgs) -> anyhow::Result<()> {
+    let config = server_config(args)?;
+    runtime()?.block_on(app::run(config, shutdown_signal(), true))
+}
+
+fn role(role: crate::roles::Role, args: ServerArgs) -> anyhow::Result<()> {
+    let config = server_config(args)?;
+    runtime()?.block_on(crate::roles::run(role, config, shutdown_signal()))
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -38,6 +38,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub redis: RedisConfig,
     pub bus: BusConfig,
+    pub cluster: ClusterConfig,
     pub dev: DevConfig,
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
@@ -205,6 +206,46 @@ impl Default for RedisConfig {
     }
 }
 
+/// The distributed mode: how the roles (`roomcast gateway|ingest|worker`) find and call each
+/// other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `etcd://host:port`: where nodes register and find each other. Required by every role.
+    pub etcd_url: Option<String>,
+    /// Every etcd key starts with this.
+    pub etcd_prefix: String,
+    /// Where a gateway or ingest node serves gRPC for the other roles (port 0: any free port).
+    pub grpc_listen: SocketAddr,
+    /// The `host:port` other nodes call this node's gRPC at (default: the bound `grpc_listen`).
+    pub advertise: Option<String>,
+    /// A node's registration lives this long without a keep-alive (a dead node is forgotten
+    /// within it: no more pushes, its routes invisible).
+    pub lease_ttl_s: u64,
+    /// Gateway → ingest and API → gateway calls fail after this.
+    pub rpc_timeout_ms: u64,
+    /// Worker → gateway pushes: a call fails after this (its batches are dropped for that
+    /// gateway; clients recover the gap).
+    pub push_timeout_ms: u64,
+    /// Worker → gateway: batches waiting per gateway before more are dropped for it.
+    pub push_queue: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            etcd_url: None,
+            etcd_prefix: "/roomcast/".into(),
+            grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            lease_ttl_s: 10,
+            rpc_timeout_ms: 2000,
+            push_timeout_ms: 2000,
+            push_queue: 8192,
+        }
+    }
+}
+
 /// The bus between ingest and the room workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -319,6 +360,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             redis: RedisConfig::default(),
             bus: BusConfig::default(),
+            cluster: ClusterConfig::default(),
             dev: DevConfig::default(),
             store: StoreConfig::default(),
             gateway: GatewayConfig::default(),
@@ -514,6 +556,10 @@ impl Config {
 
 /// Keys whose environment values are never parsed as TOML.
 const STRING_KEYS: &[&str] = &[
+    "cluster.etcd_url",
+    "cluster.etcd_prefix",
+    "cluster.advertise",
+    "cluster.grpc_listen",
     "auth.jwt_secret",
     "auth.algorithm",
     "auth.public_key_file",

@@ -129,6 +129,45 @@ pub fn client_error_response(e: ClientError) -> Response {
     (status, axum::Json(json!({ "error": err }))).into_response()
 }
 
+/// What a node without clients serves (ingest and worker roles): `/healthz`, `/readyz` and
+/// `/metrics`.
+pub fn health_router(
+    metrics: Arc<Metrics>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+) -> Router {
+    let render = move || {
+        let body = metrics.render();
+        async move {
+            (
+                [(
+                    header::CONTENT_TYPE,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                )],
+                body,
+            )
+                .into_response()
+        }
+    };
+    let readiness = move || {
+        let r = ready();
+        async move {
+            match r {
+                Ok(()) => axum::Json(json!({ "status": "ready" })).into_response(),
+                Err(why) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(json!({ "status": "not_ready", "reason": why })),
+                )
+                    .into_response(),
+            }
+        }
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readiness))
+        .route("/metrics", get(render))
+        .fallback(not_found)
+}
+
 async fn not_found() -> Response {
     error_response(StatusCode::NOT_FOUND, "not_found", "no such path")
 }

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod keys;
+pub mod roles;
 pub mod secret;
 pub mod web;

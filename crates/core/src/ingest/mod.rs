@@ -65,7 +65,7 @@ pub struct IngestService {
     limiter: Arc<dyn RateLimiter>,
     moderation: Arc<dyn Moderation>,
     filter: RwLock<Arc<WordFilter>>,
-    ids: IdGenerator,
+    ids: Arc<IdGenerator>,
     metrics: Arc<Metrics>,
 }
 
@@ -79,7 +79,7 @@ impl IngestService {
         metrics: Arc<Metrics>,
     ) -> Self {
         IngestService {
-            ids: IdGenerator::new(cfg.node_number),
+            ids: Arc::new(IdGenerator::new(cfg.node_number)),
             cfg,
             bus,
             limiter,
@@ -101,6 +101,12 @@ impl IngestService {
     /// Makes a message id (for messages that do not go through the bus, like critical ones).
     pub fn next_id(&self) -> MsgId {
         self.ids.next()
+    }
+
+    /// The id generator itself (the server API makes critical messages' ids with it, so that
+    /// they never collide with this node's chat ids).
+    pub fn ids(&self) -> Arc<IdGenerator> {
+        self.ids.clone()
     }
 
     async fn run(&self, req: ChatRequest) -> Result<Accepted, IngestError> {

@@ -43,7 +43,7 @@ pub(super) async fn broadcast(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (kind, text, payload) = match broadcast_parts(req, s.ingest.config().max_text_chars) {
+    let (kind, text, payload) = match broadcast_parts(req, s.max_text_chars) {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };

@@ -27,7 +27,7 @@ pub(super) fn critical_msg(
     payload: Option<String>,
 ) -> CriticalMsg {
     CriticalMsg {
-        msg_id: s.ingest.next_id().0,
+        msg_id: s.ids.next().0,
         kind: kind.as_str().to_owned(),
         room,
         text,
@@ -111,11 +111,10 @@ pub(super) async fn critical(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (users, kind, text, payload, room) =
-        match critical_parts(req, s.ingest.config().max_text_chars) {
-            Ok(v) => v,
-            Err(e) => return e.into_response(),
-        };
+    let (users, kind, text, payload, room) = match critical_parts(req, s.max_text_chars) {
+        Ok(v) => v,
+        Err(e) => return e.into_response(),
+    };
     let msg = critical_msg(&s, kind, room, text, payload);
     let msg_id = msg.msg_id;
     let n = users.len();

@@ -58,7 +58,7 @@ pub(super) async fn publish(
         (Ok(r), Ok(b)) => (r, b),
         (Err(e), _) | (_, Err(e)) => return e.into_response(),
     };
-    let (fields, critical) = match publish_fields(req, s.ingest.config().max_text_chars) {
+    let (fields, critical) = match publish_fields(req, s.max_text_chars) {
         Ok(f) => f,
         Err(e) => return e.into_response(),
     };
@@ -100,7 +100,7 @@ pub(super) async fn publish(
         trusted: true,
         msg_id: None,
     };
-    match roomcast_core::ingest::Ingest::submit(&*s.ingest, request).await {
+    match s.ingest.submit(request).await {
         Ok(a) => (
             StatusCode::ACCEPTED,
             Json(json!({ "msg_id": a.msg_id.0.to_string() })),

@@ -32,7 +32,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
 use roomcast_core::gateway::Gateway;
 use roomcast_core::ids::{RoomId, UserId};
-use roomcast_core::ingest::IngestService;
+use roomcast_core::ingest::Ingest;
+use roomcast_core::ingest::ids::IdGenerator;
 use roomcast_core::model::MsgKind;
 use roomcast_core::outbox::OutboxRelay;
 use roomcast_core::ports::Control;
@@ -53,7 +54,13 @@ pub struct ApiState {
     pub gateway: Arc<Gateway>,
     /// Commands for the gateway nodes (kicks, critical messages, broadcasts).
     pub control: Arc<dyn Control>,
-    pub ingest: Arc<IngestService>,
+    /// Where published messages go (the local `IngestService` in standalone, ingest nodes over
+    /// gRPC from a gateway of the distributed mode).
+    pub ingest: Arc<dyn Ingest>,
+    /// `ingest.max_text_chars`: published texts are checked here first, for a clear 400.
+    pub max_text_chars: usize,
+    /// Ids of critical messages (which do not go through ingest).
+    pub ids: Arc<IdGenerator>,
     pub keys: Vec<String>,
     /// The outbox and its relay (none with a memory:// store).
     pub outbox: Option<Arc<OutboxRelay>>,

@@ -57,7 +57,7 @@ pub(super) async fn outbox_insert(
         return unavailable("the outbox needs the SQLite store (store.url = sqlite://…)")
             .into_response();
     };
-    let row = match outbox_row(req, s.ingest.config().max_text_chars) {
+    let row = match outbox_row(req, s.max_text_chars) {
         Ok(row) => row,
         Err(e) => return e.into_response(),
     };

@@ -1,0 +1,531 @@
+//! The distributed mode's roles, one process each: `roomcast gateway`, `roomcast ingest`,
+//! `roomcast worker` — the same domain code as standalone, on the networked adapters:
+//!
+//! - **gateway**: client connections (WebSocket), the server API, joins' history from the
+//!   recent list and the store ([`RemoteHistory`]), chat to ingest nodes over gRPC, routes and
+//!   presence in Redis, control commands to the users' gateways ([`RoutedControl`]); serves
+//!   `Push` and `Apply` (gRPC) for workers and other gateways.
+//! - **ingest**: the ingest pipeline (limits and bans in Redis) into Kafka; serves `Submit`.
+//! - **worker**: one member of the Kafka consumer group; batches rooms, stores them (MySQL
+//!   protocol), lists them in Redis and pushes them to exactly the room's gateways.
+//!
+//! Every role registers in etcd under a lease it keeps alive (a node that dies is forgotten
+//! within `cluster.lease_ttl_s`), serves `/healthz`, `/readyz` and `/metrics`, and on its stop
+//! signal deregisters first, so no one calls it any more, then stops in the standalone order.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use roomcast_backends::etcd::EtcdDiscovery;
+use roomcast_backends::kafka::KafkaBus;
+use roomcast_backends::mysql::{MysqlOptions, MysqlStore};
+use roomcast_backends::redis::{
+    RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRecent,
+    RedisRouteTable,
+};
+use roomcast_core::gateway::limits::Bucket;
+use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, RoutedControl};
+use roomcast_core::history::History;
+use roomcast_core::ids::NodeId;
+use roomcast_core::ingest::filter::WordFilter;
+use roomcast_core::ingest::ids::IdGenerator;
+use roomcast_core::ingest::{Ingest, IngestService};
+use roomcast_core::metrics::Metrics;
+use roomcast_core::ports::{Discovery, MessageStore, NodeInfo, NodeLease, NodeRole};
+use roomcast_core::remote_history::RemoteHistory;
+use roomcast_core::worker::RoomWorker;
+use roomcast_rpc::{
+    ChannelSettings, DeliverySettings, GatewayServer, GrpcDelivery, GrpcNodeCommands, IngestClient,
+    IngestServer, NodeDirectory,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::app::{listen, wait_true};
+use crate::config::{BusUrl, Config, StoreUrl};
+use crate::http::{self, HttpState};
+use crate::{keys, secret};
+
+/// A distributed-mode process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Gateway,
+    Ingest,
+    Worker,
+}
+
+impl Role {
+    fn node_role(self) -> NodeRole {
+        match self {
+            Role::Gateway => NodeRole::Gateway,
+            Role::Ingest => NodeRole::Ingest,
+            Role::Worker => NodeRole::Worker,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Gateway => "gateway",
+            Role::Ingest => "ingest",
+            Role::Worker => "worker",
+        }
+    }
+}
+
+/// What every role needs, checked before anything starts (naming the key at fault).
+struct Needs {
+    etcd_url: String,
+    redis_url: String,
+    mysql_url: Option<String>,
+    kafka: Option<roomcast_backends::kafka::KafkaOptions>,
+}
+
+fn needs(role: Role, config: &Config) -> anyhow::Result<Needs> {
+    config.validate()?;
+    let what = role.name();
+    let Some(etcd_url) = config.cluster.etcd_url.clone() else {
+        bail!("roomcast {what} needs cluster.etcd_url (etcd://host:port)");
+    };
+    let Some(redis_url) = config.redis.url.clone() else {
+        bail!("roomcast {what} needs redis.url");
+    };
+    let mysql_url = match (role, config.store_url()?) {
+        (Role::Ingest, _) => None,
+        (_, StoreUrl::Mysql(url)) => Some(url),
+        _ => bail!("roomcast {what} needs store.url = mysql://… (the store every node shares)"),
+    };
+    let kafka = match (role, config.bus_url()?) {
+        (Role::Gateway, _) => None,
+        (_, BusUrl::Kafka(o)) => Some(o),
+        _ => bail!("roomcast {what} needs bus.url = kafka://…"),
+    };
+    if config.node_id.is_none() {
+        bail!("roomcast {what} needs node_id (unique in the cluster)");
+    }
+    Ok(Needs {
+        etcd_url,
+        redis_url,
+        mysql_url,
+        kafka,
+    })
+}
+
+/// A started role.
+pub struct RoleRunning {
+    pub role: Role,
+    /// HTTP: WebSocket and API on a gateway; health and metrics on every role.
+    pub addr: SocketAddr,
+    /// gRPC (gateway and ingest).
+    pub grpc_addr: Option<SocketAddr>,
+    pub metrics: Arc<Metrics>,
+    /// The gateway (gateway role).
+    pub gateway: Option<Arc<Gateway>>,
+    lease: Arc<dyn NodeLease>,
+    stop_lease: watch::Sender<bool>,
+    stop_http: watch::Sender<bool>,
+    http_task: JoinHandle<()>,
+    stop_grpc: watch::Sender<bool>,
+    grpc_task: Option<JoinHandle<()>>,
+    stop_worker: watch::Sender<bool>,
+    worker_task: Option<JoinHandle<()>>,
+    stop_background: watch::Sender<bool>,
+    store: Option<Arc<dyn MessageStore>>,
+    shutting_down: Arc<AtomicBool>,
+    grace: Duration,
+    drain: Duration,
+}
+
+/// Registers the node and keeps its lease alive until `stop`; registers again if the lease was
+/// lost (etcd down longer than the TTL).
+async fn register(
+    discovery: Arc<dyn Discovery>,
+    info: NodeInfo,
+    ttl: Duration,
+) -> anyhow::Result<(Arc<dyn NodeLease>, watch::Sender<bool>)> {
+    let lease: Arc<dyn NodeLease> = Arc::from(
+        discovery
+            .register(info.clone(), ttl)
+            .await
+            .with_context(|| format!("cannot register {} in etcd", info.id))?,
+    );
+    let (stop, mut stop_rx) = watch::channel(false);
+    let mut current = lease.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop_rx.wait_for(|v| *v) => return,
+                _ = tokio::time::sleep(current.keep_alive_every()) => {}
+            }
+            match current.keep_alive().await {
+                Ok(()) => {}
+                Err(roomcast_core::ports::DiscoveryError::Expired(_)) => {
+                    tracing::warn!(node = %info.id, "registration expired; registering again");
+                    match discovery.register(info.clone(), ttl).await {
+                        Ok(l) => current = Arc::from(l),
+                        Err(e) => tracing::error!(error = %e, "cannot register again"),
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "keep-alive failed; retrying"),
+            }
+        }
+    });
+    Ok((lease, stop))
+}
+
+async fn grpc_listener(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, String)> {
+    let l = tokio::net::TcpListener::bind(config.cluster.grpc_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on cluster.grpc_listen {}",
+                config.cluster.grpc_listen
+            )
+        })?;
+    let bound = l.local_addr()?;
+    let advertise = config
+        .cluster
+        .advertise
+        .clone()
+        .unwrap_or_else(|| bound.to_string());
+    Ok((l, advertise))
+}
+
+/// Starts a role; [`RoleRunning::shutdown`] stops it.
+pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
+    let needs = needs(role, &config)?;
+    let metrics = Arc::new(Metrics::default());
+    let node = NodeId::new(config.node_id());
+    let ttl = Duration::from_secs(config.cluster.lease_ttl_s.max(1));
+    let rpc_timeout = Duration::from_millis(config.cluster.rpc_timeout_ms.max(1));
+    let discovery: Arc<dyn Discovery> = Arc::new(
+        EtcdDiscovery::connect(&needs.etcd_url, &config.cluster.etcd_prefix)
+            .await
+            .context("cluster.etcd_url")?,
+    );
+    let redis = RedisConn::connect(&needs.redis_url, &config.redis.key_prefix)
+        .await
+        .context("redis.url")?;
+    let store: Option<Arc<dyn MessageStore>> = match &needs.mysql_url {
+        Some(url) => Some(Arc::new(
+            MysqlStore::open(
+                url,
+                MysqlOptions {
+                    node: config.node_id().to_owned(),
+                    metrics: metrics.clone(),
+                    ..MysqlOptions::default()
+                },
+            )
+            .await
+            .context("store.url")?,
+        )),
+        None => None,
+    };
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let ready = {
+        let (shutting_down, store) = (shutting_down.clone(), store.clone());
+        Arc::new(move || {
+            if shutting_down.load(Ordering::Relaxed) {
+                Err("shutting down".to_owned())
+            } else if let Some(why) = store.as_ref().and_then(|s| s.write_error()) {
+                Err(format!("message store cannot write: {why}"))
+            } else {
+                Ok(())
+            }
+        })
+    };
+    let (stop_background, stop_bg_rx) = watch::channel(false);
+    let (stop_grpc, stop_grpc_rx) = watch::channel(false);
+    let (stop_worker, stop_worker_rx) = watch::channel(false);
+    let (stop_http, stop_http_rx) = watch::channel(false);
+    let mut grpc_task = None;
+    let mut grpc_addr = None;
+    let mut worker_task = None;
+    let mut gateway_out = None;
+    let listener =
+        listen(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+
+    let (app, advertise) = match role {
+        Role::Gateway => {
+            let auth = Arc::new(keys::token_auth(&config.auth, &config.data_dir)?);
+            let store = store.clone().expect("a gateway has a store");
+            let ingest_nodes = NodeDirectory::new(ChannelSettings::default());
+            ingest_nodes
+                .follow(discovery.clone(), NodeRole::Ingest)
+                .await;
+            let gateway_nodes = NodeDirectory::new(ChannelSettings::default());
+            gateway_nodes
+                .follow(discovery.clone(), NodeRole::Gateway)
+                .await;
+            let ingest: Arc<dyn Ingest> = Arc::new(IngestClient::new(ingest_nodes, rpc_timeout));
+            let presence = Arc::new(RedisPresence::new(redis.clone()));
+            let acks = Arc::new(RedisAckStore::new(redis.clone()));
+            let gateway = Gateway::new(
+                config.gateway.clone(),
+                GatewayDeps {
+                    node: node.clone(),
+                    auth,
+                    ingest: ingest.clone(),
+                    history: Arc::new(RemoteHistory::new(
+                        config.history.clone(),
+                        Arc::new(RedisRecent::new(redis.clone())),
+                        store,
+                    )),
+                    routes: Arc::new(RedisRouteTable::new(redis.clone())),
+                    presence: presence.clone(),
+                    moderation: Arc::new(RedisModeration::new(redis.clone())),
+                    acks: acks.clone(),
+                    metrics: metrics.clone(),
+                },
+                HandlerTable::standard(),
+            );
+            gateway.renew_routes().await;
+            tokio::spawn(
+                gateway
+                    .clone()
+                    .run_background(wait_true(stop_bg_rx.clone())),
+            );
+            let control = Arc::new(RoutedControl::new(
+                presence,
+                discovery.clone(),
+                acks,
+                Arc::new(GrpcNodeCommands::new(gateway_nodes, rpc_timeout)),
+            ));
+            let (l, advertise) = grpc_listener(&config).await?;
+            grpc_addr = Some(l.local_addr()?);
+            let service = GatewayServer::service(gateway.clone());
+            grpc_task = Some(tokio::spawn(async move {
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(l),
+                        wait_true(stop_grpc_rx),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            }));
+            let api_keys = if config.api.keys.is_empty() {
+                let key = secret::load_or_create_file(&config.data_dir, secret::API_KEY_FILE)?;
+                vec![String::from_utf8_lossy(&key).into_owned()]
+            } else {
+                config.api.keys.clone()
+            };
+            let app = http::router(
+                Arc::new(HttpState {
+                    gateway: gateway.clone(),
+                    dev_token_ttl_s: config.dev.token_ttl_s,
+                    ready: ready.clone(),
+                    dev_limit: config.dev.rate_limit,
+                    dev_bucket: parking_lot::Mutex::new(Bucket::new(&config.dev.rate_limit, 0)),
+                    started: std::time::Instant::now(),
+                    allowed_origins: config.http.allowed_origins.clone(),
+                }),
+                http::Routes {
+                    dev_endpoints: config.dev.endpoints_on(config.listen),
+                    echo: config.dev.echo,
+                },
+                Arc::new(crate::api::ApiState {
+                    gateway: gateway.clone(),
+                    control,
+                    ingest,
+                    max_text_chars: config.ingest.max_text_chars,
+                    // Critical messages' ids: `ingest.node_number` must be unique per node.
+                    ids: Arc::new(IdGenerator::new(config.ingest.node_number)),
+                    keys: api_keys,
+                    // The outbox relay runs beside the bus, on ingest nodes.
+                    outbox: None,
+                }),
+            );
+            gateway_out = Some(gateway);
+            (app, advertise)
+        }
+        Role::Ingest => {
+            let opts = needs.kafka.clone().expect("ingest has a bus");
+            let bus = Arc::new(
+                KafkaBus::connect(opts, metrics.clone())
+                    .await
+                    .context("bus.url")?,
+            );
+            let filter = match &config.ingest.words_file {
+                Some(path) => WordFilter::from_file(path)?,
+                None => WordFilter::empty(),
+            };
+            let ingest = Arc::new(IngestService::new(
+                config.ingest.clone(),
+                bus,
+                Arc::new(RedisRateLimiter::new(redis.clone())),
+                Arc::new(RedisModeration::new(redis.clone())),
+                filter,
+                metrics.clone(),
+            ));
+            let (l, advertise) = grpc_listener(&config).await?;
+            grpc_addr = Some(l.local_addr()?);
+            let service = IngestServer::service(ingest);
+            grpc_task = Some(tokio::spawn(async move {
+                if let Err(e) = tonic::transport::Server::builder()
+                    .add_service(service)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(l),
+                        wait_true(stop_grpc_rx),
+                    )
+                    .await
+                {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            }));
+            (
+                http::health_router(metrics.clone(), ready.clone()),
+                advertise,
+            )
+        }
+        Role::Worker => {
+            let opts = needs.kafka.clone().expect("a worker has a bus");
+            let store = store.clone().expect("a worker has a store");
+            let bus = KafkaBus::connect(opts, metrics.clone())
+                .await
+                .context("bus.url")?;
+            let consumer = bus.consumer().context("bus.url")?;
+            let gateways = NodeDirectory::new(ChannelSettings::default());
+            gateways.follow(discovery.clone(), NodeRole::Gateway).await;
+            let delivery = Arc::new(GrpcDelivery::new(
+                gateways,
+                DeliverySettings {
+                    queue: config.cluster.push_queue.max(1),
+                    call_timeout: Duration::from_millis(config.cluster.push_timeout_ms.max(1)),
+                    ..DeliverySettings::default()
+                },
+            ));
+            let history = Arc::new(History::new(config.history.clone(), store));
+            let worker = RoomWorker::new(
+                config.worker.clone(),
+                history,
+                Arc::new(RedisRouteTable::new(redis.clone())),
+                delivery,
+                metrics.clone(),
+            )
+            .with_node(node.clone())
+            .with_recent(
+                Arc::new(RedisRecent::new(redis.clone())),
+                config.history.max_count,
+                Duration::from_secs(config.history.idle_evict_s.max(60)),
+            );
+            worker_task = Some(tokio::spawn(async move {
+                worker
+                    .run(Box::new(consumer), wait_true(stop_worker_rx))
+                    .await
+            }));
+            (
+                http::health_router(metrics.clone(), ready.clone()),
+                addr.to_string(),
+            )
+        }
+    };
+
+    let (lease, stop_lease) = register(
+        discovery,
+        NodeInfo {
+            id: node,
+            role: role.node_role(),
+            addr: advertise,
+        },
+        ttl,
+    )
+    .await?;
+    let limits = http::ServeLimits {
+        conns: Arc::new(http::ConnLimits::new(
+            config.http.connection_cap(),
+            config.http.max_connections_per_ip,
+            metrics.clone(),
+        )),
+        header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+        request_timeout: Duration::from_millis(config.http.request_timeout_ms),
+        metrics: metrics.clone(),
+    };
+    let http_task = tokio::spawn(http::serve(listener, app, limits, wait_true(stop_http_rx)));
+    tracing::info!(role = role.name(), %addr, grpc = ?grpc_addr, "roomcast {} started", role.name());
+    Ok(RoleRunning {
+        role,
+        addr,
+        grpc_addr,
+        metrics,
+        gateway: gateway_out,
+        lease,
+        stop_lease,
+        stop_http,
+        http_task,
+        stop_grpc,
+        grpc_task,
+        stop_worker,
+        worker_task,
+        stop_background,
+        store,
+        shutting_down,
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+        drain: Duration::from_millis(config.shutdown_drain_ms),
+    })
+}
+
+impl RoleRunning {
+    /// Deregisters (no one calls this node any more), then stops in order: a gateway closes its
+    /// clients with "going away" and drops its routes; a worker flushes, stores, commits and
+    /// releases its partitions; the store is flushed last.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let _ = self.stop_lease.send(true);
+        if let Err(e) = self.lease.revoke().await {
+            tracing::warn!(error = %e, "cannot deregister; the lease expires by itself");
+        }
+        if !self.drain.is_zero() {
+            tokio::time::sleep(self.drain).await;
+        }
+        let _ = self.stop_http.send(true);
+        let _ = self.stop_worker.send(true);
+        if let Some(t) = self.worker_task {
+            let _ = t.await;
+        }
+        if let Some(g) = &self.gateway {
+            g.shutdown(self.grace).await;
+            g.drop_routes().await;
+        }
+        let _ = self.stop_grpc.send(true);
+        if let Some(t) = self.grpc_task {
+            let _ = t.await;
+        }
+        let _ = self.stop_background.send(true);
+        let _ = self.http_task.await;
+        if let Some(store) = &self.store {
+            store
+                .close()
+                .await
+                .context("cannot flush the message store")?;
+        }
+        tracing::info!(role = self.role.name(), "stopped");
+        Ok(())
+    }
+}
+
+/// Runs a role until `stop` resolves, then shuts it down.
+pub async fn run(
+    role: Role,
+    config: Config,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let running = start(role, config).await?;
+    println!(
+        "roomcast {} {}: http://{}{}",
+        role.name(),
+        env!("CARGO_PKG_VERSION"),
+        running.addr,
+        running
+            .grpc_addr
+            .map(|a| format!("  gRPC {a}"))
+            .unwrap_or_default()
+    );
+    stop.await;
+    running.shutdown().await
+}
