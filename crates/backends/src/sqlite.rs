@@ -157,6 +157,7 @@ impl SqliteStore {
         let writer = open_connection(path, Durability::Normal)
             .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        unique_msg_ids(&writer).map_err(unavailable)?;
         // The writer marks outbox rows sent in the transaction that stores their messages.
         writer
             .execute_batch(crate::sqlite_outbox::SCHEMA)
@@ -356,6 +357,39 @@ impl Writer {
     }
 }
 
+/// One copy of a message per `(room_id, msg_id)`: a message the bus redelivers after a worker
+/// crash gets a new `(epoch, seq)` from the partition's next owner, so only its id can tell it is
+/// stored already. The unique index is created at the first open of a database from before it,
+/// after deleting all but the newest copy of any message stored twice (the newest is the one of
+/// the room's latest epoch, the one a client recovering in that epoch asks for).
+fn unique_msg_ids(conn: &Connection) -> rusqlite::Result<()> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'room_chat_message_msg')",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists {
+        return Ok(());
+    }
+    let tx = conn.unchecked_transaction()?;
+    let deleted = tx.execute(
+        "DELETE FROM room_chat_message WHERE id NOT IN
+         (SELECT MAX(id) FROM room_chat_message GROUP BY room_id, msg_id)",
+        [],
+    )?;
+    if deleted > 0 {
+        tracing::warn!(
+            deleted,
+            "deleted older copies of messages stored more than once"
+        );
+    }
+    tx.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS room_chat_message_msg ON room_chat_message (room_id, msg_id)",
+        [],
+    )?;
+    tx.commit()
+}
+
 /// Deletes up to `chunk` messages older than `cutoff_ms`; returns how many.
 fn prune_chunk(conn: &Connection, cutoff_ms: i64, chunk: usize) -> rusqlite::Result<usize> {
     conn.execute(
@@ -370,7 +404,8 @@ fn write_batches(conn: &mut Connection, batches: &[&Arc<RoomBatch>]) -> rusqlite
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO room_chat_message (room_id, msg_id, uid, content, created_at, epoch, seq, name, kind, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (room_id, msg_id) DO NOTHING",
         )?;
         let mut state = tx.prepare_cached(
             "INSERT INTO room_state (room_id, epoch, last_seq) VALUES (?1, ?2, ?3)
@@ -758,6 +793,45 @@ mod tests {
         assert!(store.previous_shutdown_clean());
         let h = History::new(HistoryConfig::default(), store);
         assert_eq!(h.cursor(&room).await.unwrap(), (fresh, 0));
+    }
+
+    /// A database from before the unique `(room_id, msg_id)` index that holds a message twice (a
+    /// redelivery stored under the next owner's epoch): the first open keeps the newest copy and
+    /// adds the index; from then on a copy is never stored again.
+    #[tokio::test]
+    async fn an_older_database_holding_duplicates_keeps_the_newest_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("db")).unwrap();
+        let db = raw(&dir);
+        db.execute_batch(SCHEMA).unwrap();
+        for (msg_id, epoch, seq) in [(1001, 1, 1), (1002, 1, 2), (1001, 2, 1)] {
+            db.execute(
+                "INSERT INTO room_chat_message (room_id, msg_id, uid, content, created_at, epoch, seq, kind)
+                 VALUES ('r', ?1, 'u', 'hi', 1, ?2, ?3, 'chat')",
+                params![msg_id, epoch, seq],
+            )
+            .unwrap();
+        }
+        db.execute("INSERT INTO room_state VALUES ('r', 2, 1)", [])
+            .unwrap();
+        drop(db);
+
+        let store = open(&dir);
+        let room = RoomId::parse("r").unwrap();
+        let got = store.load_room(&room, 10).await.unwrap().unwrap();
+        assert_eq!(
+            got.recent
+                .iter()
+                .map(|m| (m.msg_id, m.epoch, m.seq))
+                .collect::<Vec<_>>(),
+            [(1002, 1, 2), (1001, 2, 1)]
+        );
+        let mut again = roomcast_core::testkit::batch("r", 2, 2..=2);
+        Arc::make_mut(&mut again.msgs[0]).msg_id = 1002;
+        store.append(Arc::new(again)).await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(stored(&dir), 2, "not stored a third time");
+        store.close().await.unwrap();
     }
 
     /// Old messages are pruned at start, in chunks, while new ones are written.
