@@ -3,8 +3,10 @@
 //! adapters' own tests) and in this crate's tests.
 
 pub mod bus;
+mod outbox;
 
 pub use bus::{BusHarness, MemoryBusHarness, bus_suite};
+pub use outbox::outbox_store_suite;
 
 use std::ops::RangeInclusive;
 use std::sync::Arc;
