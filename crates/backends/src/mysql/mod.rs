@@ -1,23 +1,33 @@
-//! The MySQL-protocol message store (feature `mysql`, `mysql://user:password@host:port/db`):
-//! TiDB in production, MariaDB or MySQL locally (R22: `room_chat_message(room_id, msg_id, uid,
-//! content, created_at, …)` plus each room's stream position in `room_state`).
+//! The MySQL-protocol store (feature `mysql`, `mysql://user:password@host:port/db`): TiDB in
+//! production, MariaDB or MySQL locally (R22: `room_chat_message(room_id, msg_id, uid, content,
+//! created_at, …)` plus each room's stream position in `room_state`), and the transactional
+//! outbox beside it ([`MysqlOutbox`], `room_chat_outbox`).
 //!
 //! Same contract as the SQLite store (`roomcast_core::ports::MessageStore`): one writer task
 //! takes batches from a bounded queue and writes what is queued in one transaction, in order —
 //! multi-row `INSERT`s of up to 500 rows — with the rooms' positions; a failed transaction is
 //! retried with backoff, never dropped while the process lives (the store reports its error
-//! meanwhile, so `/readyz` fails). Rows are keyed by `(room_id, epoch, seq)` and inserted with
-//! `INSERT IGNORE`, so a transaction retried after an ambiguous failure (a commit whose answer was
-//! lost) stores nothing twice. This store holds no outbox (`outbox_ids` are the SQLite store's
-//! duty in standalone; the distributed outbox comes with the roles).
+//! meanwhile, so `/readyz` fails). Rows are unique on `(room_id, epoch, seq)` and on
+//! `(room_id, msg_id)` and inserted with `INSERT IGNORE`, so neither a transaction retried after
+//! an ambiguous failure (a commit whose answer was lost) nor a message the bus redelivered under
+//! a new position is stored twice. The same transaction marks the batch's outbox rows sent and
+//! leaves out a message whose row is marked already (a re-published copy).
 //!
-//! SQL kept to what TiDB, MySQL 8 and MariaDB 10.11 all run: `CREATE TABLE IF NOT EXISTS`,
-//! `INSERT IGNORE`, `INSERT … ON DUPLICATE KEY UPDATE`, no triggers, procedures or foreign keys.
-//! History is read in insertion order (`id`, `AUTO_INCREMENT`); on TiDB create the table with
-//! `AUTO_ID_CACHE 1` (docs/operations.md) so ids grow in commit order across TiDB servers.
+//! The schema is a list of numbered migrations applied at open (`schema.rs`). SQL kept to what
+//! TiDB, MySQL 8 and MariaDB 10.11 all run: `CREATE TABLE IF NOT EXISTS`, `ALTER TABLE … ADD
+//! UNIQUE KEY`, `INSERT IGNORE`, `INSERT … ON DUPLICATE KEY UPDATE`, `SELECT … FOR UPDATE`,
+//! multi-row `DELETE` by key, `GET_LOCK`, `UNIX_TIMESTAMP(NOW(3))`; no triggers, procedures,
+//! foreign keys or window functions. History is read in insertion order (`id`,
+//! `AUTO_INCREMENT`); on TiDB create the table with `AUTO_ID_CACHE 1` (docs/operations.md) so ids
+//! grow in commit order across TiDB servers.
 //!
 //! `previous_shutdown_clean` is kept per node (`meta` row `clean:{node}`): a node that crashed
 //! may have lost queued batches, so its rooms start new epochs.
+
+mod outbox;
+pub(crate) mod schema;
+
+pub use outbox::MysqlOutbox;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +35,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use roomcast_core::BoxFut;
+use roomcast_core::clock::now_ms;
 use roomcast_core::ids::{NodeId, RoomId};
 use roomcast_core::metrics::Metrics;
 use roomcast_core::model::{RoomBatch, RoomMsg};
@@ -32,39 +43,6 @@ use roomcast_core::ports::{MessageStore, Partition, StoreError, StoredRoom};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{Row, query};
 use tokio::sync::{mpsc, oneshot};
-
-const SCHEMA: [&str; 4] = [
-    "CREATE TABLE IF NOT EXISTS room_chat_message (
-        id         BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
-        room_id    VARCHAR(64)  NOT NULL,
-        msg_id     BIGINT UNSIGNED NOT NULL,
-        uid        VARCHAR(128) NOT NULL,
-        content    TEXT NOT NULL,
-        created_at BIGINT NOT NULL,
-        epoch      INT UNSIGNED NOT NULL,
-        seq        BIGINT UNSIGNED NOT NULL,
-        name       VARCHAR(255) NULL,
-        kind       VARCHAR(16) NOT NULL,
-        payload    TEXT NULL,
-        UNIQUE KEY room_chat_message_pos (room_id, epoch, seq),
-        KEY room_chat_message_room (room_id, id),
-        KEY room_chat_message_created (created_at)
-    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS room_state (
-        room_id  VARCHAR(64) NOT NULL PRIMARY KEY,
-        epoch    INT UNSIGNED NOT NULL,
-        last_seq BIGINT UNSIGNED NOT NULL
-    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS roomcast_meta (
-        k VARCHAR(191) NOT NULL PRIMARY KEY,
-        v VARCHAR(255) NOT NULL
-    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-    "CREATE TABLE IF NOT EXISTS room_partition_owner (
-        partition_id INT UNSIGNED NOT NULL PRIMARY KEY,
-        owner        VARCHAR(128) NOT NULL,
-        clean        TINYINT NOT NULL
-    ) DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin",
-];
 
 /// Rows per `INSERT` statement.
 const ROWS_PER_INSERT: usize = 500;
@@ -116,21 +94,24 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// Connects a pool of up to `connections` to `url` and brings the schema up to date.
+async fn connect(url: &str, connections: u32) -> Result<MySqlPool, StoreError> {
+    let connect: MySqlConnectOptions = url
+        .parse()
+        .map_err(|e| unavailable(format!("invalid mysql url: {e}")))?;
+    schema::migrate(&connect).await?;
+    MySqlPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(connect)
+        .await
+        .map_err(|e| unavailable(format!("cannot connect to mysql: {e}")))
+}
+
 impl MysqlStore {
-    /// Connects, creates the tables when missing, and starts the writer task.
+    /// Connects, migrates the schema, and starts the writer task.
     pub async fn open(url: &str, opts: MysqlOptions) -> Result<Self, StoreError> {
-        let connect: MySqlConnectOptions = url
-            .parse()
-            .map_err(|e| unavailable(format!("invalid mysql url: {e}")))?;
-        let pool = MySqlPoolOptions::new()
-            .max_connections(4)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_with(connect)
-            .await
-            .map_err(|e| unavailable(format!("cannot connect to mysql: {e}")))?;
-        for stmt in SCHEMA {
-            query(stmt).execute(&pool).await.map_err(unavailable)?;
-        }
+        let pool = connect(url, 4).await?;
         let key = format!("clean:{}", opts.node);
         let clean: Option<String> = query("SELECT v FROM roomcast_meta WHERE k = ?")
             .bind(&key)
@@ -284,10 +265,19 @@ impl Writer {
 
 async fn write_batches(pool: &MySqlPool, batches: &[Arc<RoomBatch>]) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
-    let rows: Vec<&RoomMsg> = batches
-        .iter()
-        .flat_map(|b| b.msgs.iter().map(|m| &**m))
-        .collect();
+    let now = now_ms() as i64;
+    let mut rows: Vec<&RoomMsg> = Vec::with_capacity(batches.iter().map(|b| b.msgs.len()).sum());
+    for b in batches {
+        for m in &b.msgs {
+            if b.outbox_ids.contains(&m.msg_id)
+                && !mark_outbox_row_sent(&mut tx, m.msg_id, now).await?
+            {
+                // A copy the relay re-published after the first was stored: keep one.
+                continue;
+            }
+            rows.push(m);
+        }
+    }
     for chunk in rows.chunks(ROWS_PER_INSERT) {
         let mut sql = String::from(
             "INSERT IGNORE INTO room_chat_message (room_id, msg_id, uid, content, created_at, epoch, seq, name, kind, payload) VALUES ",
@@ -327,6 +317,32 @@ async fn write_batches(pool: &MySqlPool, batches: &[Arc<RoomBatch>]) -> Result<(
         .await?;
     }
     tx.commit().await
+}
+
+/// Marks the outbox row of an outbox message sent, in the transaction that stores the message;
+/// false when the row was marked already (sent, or failed), so this copy must not be stored.
+/// A message whose row is gone (deleted by its backend) is stored.
+async fn mark_outbox_row_sent(
+    tx: &mut sqlx::MySqlConnection,
+    msg_id: u64,
+    now: i64,
+) -> Result<bool, sqlx::Error> {
+    let marked =
+        query("UPDATE room_chat_outbox SET sent_at = ? WHERE msg_id = ? AND sent_at IS NULL")
+            .bind(now)
+            .bind(msg_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+    if marked > 0 {
+        return Ok(true);
+    }
+    let gone = query("SELECT 1 FROM room_chat_outbox WHERE msg_id = ? LIMIT 1")
+        .bind(msg_id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .is_none();
+    Ok(gone)
 }
 
 async fn load(
