@@ -10,6 +10,7 @@ mod hostile;
 mod lifecycle;
 mod limits;
 mod malformed;
+mod mysql_store;
 mod rooms;
 mod session;
 mod shared_redis;
