@@ -25,7 +25,7 @@ use roomcast_core::ids::{NodeId, RoomId};
 use roomcast_core::metrics::Metrics;
 use roomcast_core::model::{RoomBatch, RoomMsg};
 use roomcast_core::ports::{MessageStore, Partition, StoreError, StoredRoom};
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{mpsc, oneshot};
 
 const SCHEMA: &str = "
@@ -371,7 +371,7 @@ fn unique_msg_ids(conn: &Connection) -> rusqlite::Result<()> {
     if exists {
         return Ok(());
     }
-    let tx = conn.unchecked_transaction()?;
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let deleted = tx.execute(
         "DELETE FROM room_chat_message WHERE id NOT IN
          (SELECT MAX(id) FROM room_chat_message GROUP BY room_id, msg_id)",
@@ -400,7 +400,9 @@ fn prune_chunk(conn: &Connection, cutoff_ms: i64, chunk: usize) -> rusqlite::Res
 }
 
 fn write_batches(conn: &mut Connection, batches: &[&Arc<RoomBatch>]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    // IMMEDIATE: an outbox message's first statement reads; a deferred transaction would then
+    // fail its first write whenever another connection committed in between.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO room_chat_message (room_id, msg_id, uid, content, created_at, epoch, seq, name, kind, payload)
@@ -550,7 +552,10 @@ impl MessageStore for SqliteStore {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let mut conn = conn.lock();
-                let tx = conn.transaction()?;
+                // IMMEDIATE: the write lock first, waited for under the busy timeout. A deferred
+                // transaction would read, then fail at once on its first write if another
+                // connection (the outbox relay's lease, the ack store) committed in between.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut unclean = Vec::new();
                 for p in partitions {
                     let clean: Option<bool> = tx
@@ -588,7 +593,7 @@ impl MessageStore for SqliteStore {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let mut conn = conn.lock();
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 for p in partitions {
                     tx.execute(
                         "UPDATE partition_owner SET clean = 1 WHERE partition_id = ?1 AND owner = ?2",
@@ -832,6 +837,50 @@ mod tests {
         store.flush().await.unwrap();
         assert_eq!(stored(&dir), 2, "not stored a third time");
         store.close().await.unwrap();
+    }
+
+    /// Partition claims and releases share the file with other writers (the outbox relay renews
+    /// its lease every 100 ms, the ack store writes through): they must wait for the write lock,
+    /// never fail. A deferred transaction that reads first and writes second fails at once
+    /// (`SQLITE_BUSY`, which the busy timeout does not cover) when another connection committed
+    /// in between; a failed claim makes every room of the partition start a new epoch.
+    #[tokio::test]
+    async fn partition_claims_wait_for_other_writers_instead_of_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db/roomcast.db");
+        let store = open(&dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let (path, stop) = (path.clone(), stop.clone());
+            move || {
+                let c = open_connection(&path, Durability::Normal).unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    c.execute(
+                        "INSERT INTO meta (key, value) VALUES ('busy', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = ?1",
+                        [n.to_string()],
+                    )
+                    .unwrap();
+                    n += 1;
+                }
+                n
+            }
+        });
+        let owner = NodeId::new("w");
+        for _ in 0..300 {
+            let unclean = store.claim_partitions(&owner, &[1, 2, 3]).await;
+            assert_eq!(unclean.map_err(|e| e.to_string()), Ok(vec![]), "claimed");
+            store
+                .release_partitions(&owner, &[1, 2, 3])
+                .await
+                .expect("released");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            writer.join().unwrap() > 0,
+            "the other writer wrote meanwhile"
+        );
     }
 
     /// Old messages are pruned at start, in chunks, while new ones are written.
