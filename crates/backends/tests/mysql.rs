@@ -521,3 +521,34 @@ async fn the_store_and_the_outbox_survive_mariadb_restarting() {
     );
     store.close().await.unwrap();
 }
+
+/// Every worker of a node claims its partitions at the same moment when the node starts; on a
+/// new database none of the rows exist yet. All claims must succeed: a failed claim makes every
+/// room of those partitions start a new epoch.
+#[tokio::test]
+async fn workers_claiming_at_once_all_succeed() {
+    let (db, name) = fresh_db().await;
+    let store = Arc::new(
+        MysqlStore::open(&db, MysqlOptions::default())
+            .await
+            .unwrap(),
+    );
+    for round in 0..3u32 {
+        let claims: Vec<_> = (0..8u32)
+            .map(|w| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let node = roomcast_core::ids::NodeId::new(&format!("w{w}"));
+                    let ps = [round * 100 + w * 2, round * 100 + w * 2 + 1];
+                    store.claim_partitions(&node, &ps).await
+                })
+            })
+            .collect();
+        for c in claims {
+            let unclean = c.await.unwrap().map_err(|e| e.to_string());
+            assert_eq!(unclean, Ok(vec![]), "round {round}");
+        }
+    }
+    store.close().await.unwrap();
+    drop_db(&name).await;
+}

@@ -393,6 +393,51 @@ async fn load(
     }))
 }
 
+/// How often a partition claim is tried when it loses a lock conflict.
+const CLAIM_ATTEMPTS: u32 = 10;
+
+/// One claim, in one transaction (see `MessageStore::claim_partitions`).
+async fn claim(
+    pool: &MySqlPool,
+    owner: &NodeId,
+    partitions: &[Partition],
+    absent_clean: bool,
+) -> Result<Vec<Partition>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let mut unclean = Vec::new();
+    for &p in partitions {
+        // Locks the row, so two claimants of one partition are serialised.
+        let clean: Option<i8> =
+            query("SELECT clean FROM room_partition_owner WHERE partition_id = ? FOR UPDATE")
+                .bind(p)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        if !clean.map_or(absent_clean, |c| c != 0) {
+            unclean.push(p);
+        }
+        query(
+            "INSERT INTO room_partition_owner (partition_id, owner, clean) VALUES (?, ?, 0) \
+             ON DUPLICATE KEY UPDATE owner = VALUES(owner), clean = 0",
+        )
+        .bind(p)
+        .bind(owner.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(unclean)
+}
+
+/// A deadlock (1213) or a lock wait timeout (1205): the claim's transaction is rolled back
+/// (dropped) and may run again.
+fn lock_conflict(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>())
+        .is_some_and(|d| matches!(d.number(), 1205 | 1213))
+}
+
 impl MessageStore for MysqlStore {
     fn append(&self, batch: Arc<RoomBatch>) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(async move {
@@ -443,35 +488,20 @@ impl MessageStore for MysqlStore {
         partitions: &'a [Partition],
     ) -> BoxFut<'a, Result<Vec<Partition>, StoreError>> {
         Box::pin(async move {
-            let mut tx = self.pool.begin().await.map_err(unavailable)?;
-            let mut unclean = Vec::new();
-            for &p in partitions {
-                // Locks the row, so two claimants of one partition are serialised.
-                let clean: Option<i8> = query(
-                    "SELECT clean FROM room_partition_owner WHERE partition_id = ? FOR UPDATE",
-                )
-                .bind(p)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .map(|r| r.try_get(0))
-                .transpose()
-                .map_err(unavailable)?;
-                if !clean.map_or(self.previous_clean, |c| c != 0) {
-                    unclean.push(p);
+            // Every worker of a node claims at once when it starts. On rows that do not exist
+            // yet, `FOR UPDATE` takes gap locks, and two claimants inserting into one gap
+            // deadlock: InnoDB aborts one, which runs its claim again (as InnoDB advises).
+            let mut attempt = 1;
+            loop {
+                match claim(&self.pool, owner, partitions, self.previous_clean).await {
+                    Err(e) if attempt < CLAIM_ATTEMPTS && lock_conflict(&e) => {
+                        tracing::debug!(error = %e, attempt, "partition claim lost a lock conflict; again");
+                        tokio::time::sleep(Duration::from_millis(5 * attempt as u64)).await;
+                        attempt += 1;
+                    }
+                    r => return r.map_err(unavailable),
                 }
-                query(
-                    "INSERT INTO room_partition_owner (partition_id, owner, clean) VALUES (?, ?, 0) \
-                     ON DUPLICATE KEY UPDATE owner = VALUES(owner), clean = 0",
-                )
-                .bind(p)
-                .bind(owner.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?;
             }
-            tx.commit().await.map_err(unavailable)?;
-            Ok(unclean)
         })
     }
 
