@@ -3,11 +3,11 @@
 //! created_at, …)` plus each room's stream position in `room_state`), and the transactional
 //! outbox beside it ([`MysqlOutbox`], `room_chat_outbox`).
 //!
-//! Same contract as the SQLite store (`roomcast_core::ports::MessageStore`): one writer task
-//! takes batches from a bounded queue and writes what is queued in one transaction, in order —
-//! multi-row `INSERT`s of up to 500 rows — with the rooms' positions; a failed transaction is
-//! retried with backoff, never dropped while the process lives (the store reports its error
-//! meanwhile, so `/readyz` fails). Rows are unique on `(room_id, epoch, seq)` and on
+//! Same contract as the SQLite store (`roomcast_core::ports::MessageStore`) and the same writer
+//! (`writer.rs`): one task takes batches from a bounded queue and writes what is queued in one
+//! transaction, in order — here multi-row `INSERT`s of up to 500 rows — with the rooms'
+//! positions; a failed transaction is retried with backoff, never dropped while the process
+//! lives (the store reports its error meanwhile, so `/readyz` fails). Rows are unique on `(room_id, epoch, seq)` and on
 //! `(room_id, msg_id)` and inserted with `INSERT IGNORE`, so neither a transaction retried after
 //! an ambiguous failure (a commit whose answer was lost) nor a message the bus redelivered under
 //! a new position is stored twice. The same transaction marks the batch's outbox rows sent and
@@ -30,10 +30,8 @@ pub(crate) mod schema;
 pub use outbox::MysqlOutbox;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use roomcast_core::BoxFut;
 use roomcast_core::clock::now_ms;
 use roomcast_core::ids::{NodeId, RoomId};
@@ -42,7 +40,8 @@ use roomcast_core::model::{RoomBatch, RoomMsg};
 use roomcast_core::ports::{MessageStore, Partition, StoreError, StoredRoom};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{Row, query};
-use tokio::sync::{mpsc, oneshot};
+
+use crate::writer::{RetryOptions, Transactions, Writer};
 
 /// Rows per `INSERT` statement.
 const ROWS_PER_INSERT: usize = 500;
@@ -70,24 +69,10 @@ impl Default for MysqlOptions {
     }
 }
 
-enum Cmd {
-    Append(Arc<RoomBatch>),
-    Flush(oneshot::Sender<()>),
-    Close(oneshot::Sender<()>),
-}
-
-#[derive(Default)]
-struct Health {
-    error: Mutex<Option<String>>,
-    closing: AtomicBool,
-}
-
 pub struct MysqlStore {
     pool: MySqlPool,
-    tx: mpsc::Sender<Cmd>,
+    writer: Writer,
     previous_clean: bool,
-    closed: AtomicBool,
-    health: Arc<Health>,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -130,136 +115,56 @@ impl MysqlStore {
             .execute(&pool)
             .await
             .map_err(unavailable)?;
-        let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let health = Arc::new(Health::default());
-        tokio::spawn(
-            Writer {
+        let writer = Writer::start(
+            MysqlTransactions {
                 pool: pool.clone(),
-                opts,
-                health: health.clone(),
-                lost_writes: false,
                 clean_key: key,
-            }
-            .run(rx),
+            },
+            RetryOptions {
+                queue: opts.queue,
+                base: opts.retry_base,
+                max: opts.retry_max,
+                metrics: opts.metrics,
+            },
         );
         Ok(MysqlStore {
             pool,
-            tx,
+            writer,
             previous_clean,
-            closed: AtomicBool::new(false),
-            health,
         })
-    }
-
-    async fn command(
-        &self,
-        make: impl FnOnce(oneshot::Sender<()>) -> Cmd,
-    ) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(make(done))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)
     }
 }
 
-struct Writer {
+/// The MySQL side of the shared writer.
+struct MysqlTransactions {
     pool: MySqlPool,
-    opts: MysqlOptions,
-    health: Arc<Health>,
-    lost_writes: bool,
+    /// This node's row in `roomcast_meta`.
     clean_key: String,
 }
 
-/// Failed attempts a closing store still makes before it gives up on a write.
-const RETRIES_WHEN_CLOSING: u32 = 3;
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        let mut cmds = Vec::with_capacity(1024);
-        while let Some(first) = rx.recv().await {
-            cmds.push(first);
-            while cmds.len() < 1024 {
-                match rx.try_recv() {
-                    Ok(c) => cmds.push(c),
-                    Err(_) => break,
-                }
-            }
-            let batches: Vec<Arc<RoomBatch>> = cmds
-                .iter()
-                .filter_map(|c| match c {
-                    Cmd::Append(b) => Some(b.clone()),
-                    _ => None,
-                })
-                .collect();
-            if !batches.is_empty() {
-                self.write_with_retry(&batches).await;
-            }
-            let mut stop = false;
-            for c in cmds.drain(..) {
-                match c {
-                    Cmd::Append(_) => {}
-                    Cmd::Flush(done) => {
-                        let _ = done.send(());
-                    }
-                    Cmd::Close(done) => {
-                        self.close().await;
-                        let _ = done.send(());
-                        stop = true;
-                    }
-                }
-            }
-            if stop {
-                return;
-            }
-        }
+impl Transactions for MysqlTransactions {
+    fn name(&self) -> &'static str {
+        "MySQL"
     }
 
-    async fn write_with_retry(&mut self, batches: &[Arc<RoomBatch>]) {
-        let mut pause = self.opts.retry_base;
-        let mut attempts = 0u32;
-        loop {
-            match write_batches(&self.pool, batches).await {
-                Ok(()) => {
-                    if self.health.error.lock().take().is_some() {
-                        self.opts.metrics.store_write_failing.set(0);
-                        tracing::info!("message store writes again");
-                    }
-                    return;
-                }
-                Err(e) => {
-                    attempts += 1;
-                    self.opts.metrics.store_write_failures.inc();
-                    self.opts.metrics.store_write_failing.set(1);
-                    *self.health.error.lock() = Some(format!("cannot write messages: {e}"));
-                    if self.health.closing.load(Ordering::Relaxed)
-                        && attempts >= RETRIES_WHEN_CLOSING
-                    {
-                        tracing::error!(error = %e, "cannot write messages at shutdown; giving up");
-                        self.lost_writes = true;
-                        return;
-                    }
-                    tracing::error!(error = %e, attempt = attempts, retry_in_ms = pause.as_millis() as u64, "cannot write messages to MySQL; retrying");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(self.opts.retry_max.max(self.opts.retry_base));
-                }
-            }
-        }
+    fn write(&mut self, batches: Vec<Arc<RoomBatch>>) -> BoxFut<'_, Result<(), String>> {
+        Box::pin(async move {
+            write_batches(&self.pool, &batches)
+                .await
+                .map_err(|e| e.to_string())
+        })
     }
 
-    async fn close(&mut self) {
-        if self.lost_writes {
-            tracing::warn!("messages were lost this run; not recording a clean shutdown");
-            return;
-        }
-        if let Err(e) = query("UPDATE roomcast_meta SET v = '1' WHERE k = ?")
-            .bind(&self.clean_key)
-            .execute(&self.pool)
-            .await
-        {
-            tracing::error!(error = %e, "cannot record clean shutdown");
-        }
+    fn record_clean(&mut self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            if let Err(e) = query("UPDATE roomcast_meta SET v = '1' WHERE k = ?")
+                .bind(&self.clean_key)
+                .execute(&self.pool)
+                .await
+            {
+                tracing::error!(error = %e, "cannot record clean shutdown");
+            }
+        })
     }
 }
 
@@ -440,15 +345,7 @@ fn lock_conflict(e: &sqlx::Error) -> bool {
 
 impl MessageStore for MysqlStore {
     fn append(&self, batch: Arc<RoomBatch>) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            if self.closed.load(Ordering::Relaxed) {
-                return Err(StoreError::Closed);
-            }
-            self.tx
-                .send(Cmd::Append(batch))
-                .await
-                .map_err(|_| StoreError::Closed)
-        })
+        Box::pin(self.writer.append(batch))
     }
 
     fn load_room(
@@ -461,7 +358,7 @@ impl MessageStore for MysqlStore {
     }
 
     fn flush(&self) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(self.command(Cmd::Flush))
+        Box::pin(self.writer.flush())
     }
 
     fn previous_shutdown_clean(&self) -> bool {
@@ -469,17 +366,11 @@ impl MessageStore for MysqlStore {
     }
 
     fn close(&self) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            if self.closed.swap(true, Ordering::Relaxed) {
-                return Ok(());
-            }
-            self.health.closing.store(true, Ordering::Relaxed);
-            self.command(Cmd::Close).await
-        })
+        Box::pin(self.writer.close())
     }
 
     fn write_error(&self) -> Option<String> {
-        self.health.error.lock().clone()
+        self.writer.error()
     }
 
     fn claim_partitions<'a>(
