@@ -189,22 +189,18 @@ async fn migrations_are_applied_once_in_order() {
         .await
         .unwrap();
     assert_eq!(versions(&db).await, [1, 2, 3]);
-    let applied: Vec<i64> = sqlx::query("SELECT applied_ms FROM roomcast_schema ORDER BY version")
-        .fetch_all(&mut sql(&db).await)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let applied_ms = async || -> Vec<i64> {
+        sqlx::query("SELECT applied_ms FROM roomcast_schema ORDER BY version")
+            .fetch_all(&mut sql(&db).await)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let applied = applied_ms().await;
     MysqlOutbox::open(&db).await.unwrap();
-    let again: Vec<i64> = sqlx::query("SELECT applied_ms FROM roomcast_schema ORDER BY version")
-        .fetch_all(&mut sql(&db).await)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(applied, again, "nothing applied a second time");
+    assert_eq!(applied_ms().await, applied, "nothing applied a second time");
     drop_db(&name).await;
 }
 

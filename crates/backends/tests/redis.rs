@@ -139,6 +139,20 @@ async fn route_changes_reach_other_nodes() {
     here.drop_node(&node).await.unwrap();
 }
 
+/// Calls `f` until it succeeds; the result and how many calls failed first.
+async fn until_ok<T, E>(mut f: impl AsyncFnMut() -> Result<T, E>) -> (T, u32) {
+    let mut failed = 0;
+    loop {
+        match f().await {
+            Ok(t) => return (t, failed),
+            Err(_) => {
+                failed += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(15), f)
         .await
@@ -242,34 +256,19 @@ async fn the_adapters_survive_redis_restarting() {
     // A connection's first call after the restart may fail: an idle one finds its socket dead
     // only when it writes to it ("broken pipe") and reconnects then; the next call waits for
     // that reconnection and works.
-    let mut failed = (0, 0);
-    let got = within("this node's connection to come back", async {
-        loop {
-            match acks.pending(&alice).await {
-                Ok(p) => return p,
-                Err(_) => {
-                    failed.0 += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    })
+    let (got, failed_here) = within(
+        "this node's connection to come back",
+        until_ok(async || acks.pending(&alice).await),
+    )
     .await;
-    let seen_there = within("the other node's connection to come back", async {
-        loop {
-            match other_node.nodes(&room).await {
-                Ok(n) => return n,
-                Err(_) => {
-                    failed.1 += 1;
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    })
+    let (seen_there, failed_there) = within(
+        "the other node's connection to come back",
+        until_ok(async || other_node.nodes(&room).await),
+    )
     .await;
     assert!(
-        failed.0 <= 1 && failed.1 <= 1,
-        "at most the first call fails: {failed:?}"
+        failed_here <= 1 && failed_there <= 1,
+        "at most the first call fails: {failed_here} and {failed_there}"
     );
     assert_eq!(seen_there, vec![gw.clone()]);
     assert_eq!(got, vec![pending], "the pending ack survived");
