@@ -9,8 +9,8 @@ use parking_lot::Mutex;
 use roomcast_proto::{Op, Wire};
 
 use crate::client::{Client, Event, WsUrl, request};
-use crate::fanout::Tokens;
 use crate::stats::{Percentiles, Report, ServerReport, sample_server};
+use crate::tokens::Tokens;
 
 pub struct ChurnArgs {
     pub urls: Vec<String>,

@@ -17,9 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use roomcast_core::auth::JwtAuth;
-use roomcast_core::clock::now_s;
-use roomcast_core::ids::UserId;
 use roomcast_proto::ws::Opcode;
 use roomcast_proto::{Op, Wire};
 use serde::{Deserialize, Serialize};
@@ -31,6 +28,7 @@ use crate::reader::{self, ReaderConfig, Sub, Track};
 use crate::stats::{
     self, Percentiles, Recorder, Report, ServerReport, Window, now_us, sample_server,
 };
+use crate::tokens::Tokens;
 
 /// Everything a subscriber process needs to know (sent to child processes as JSON).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -58,24 +56,6 @@ impl SubPlan {
         } else {
             Wire::JsonBinary
         }
-    }
-}
-
-pub struct Tokens(JwtAuth);
-
-impl Tokens {
-    /// Refuses a secret the server would refuse (shorter than 32 bytes).
-    pub fn new(secret: &str) -> anyhow::Result<Tokens> {
-        Ok(Tokens(
-            JwtAuth::hs256(secret.as_bytes()).context("--secret (ROOMCAST_JWT_SECRET)")?,
-        ))
-    }
-
-    pub fn token(&self, user: &str) -> String {
-        let user = UserId::parse(user).expect("valid bench user id");
-        self.0
-            .issue(&user, None, now_s() + 24 * 3600)
-            .expect("an HS256 verifier signs")
     }
 }
 

@@ -7,6 +7,7 @@ mod idle;
 mod plot;
 mod reader;
 mod stats;
+mod tokens;
 
 use std::net::IpAddr;
 use std::path::PathBuf;

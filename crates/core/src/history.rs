@@ -70,6 +70,62 @@ impl HistoryReader for History {
     }
 }
 
+/// A join's answer from a room's position and its recent messages (oldest first): the recovery
+/// after `since` when the messages cover it, otherwise the last `limit` (within `secs`).
+pub(crate) fn answer<'a>(
+    cfg: &HistoryConfig,
+    epoch: u32,
+    last_seq: u64,
+    ring: impl ExactSizeIterator<Item = &'a Arc<RoomMsg>> + Clone,
+    q: &HistoryQuery,
+) -> HistoryPage {
+    let limit = q
+        .limit
+        .map(|l| l as usize)
+        .unwrap_or(cfg.default_count)
+        .min(cfg.max_count);
+    let mut recovered = None;
+    if let Some(since) = &q.since {
+        let mut ok = false;
+        if since.epoch == epoch && since.seq <= last_seq {
+            if since.seq == last_seq {
+                ok = true;
+            } else if let Some(oldest) = ring.clone().find(|m| m.epoch == epoch) {
+                ok = oldest.seq <= since.seq + 1;
+            }
+        }
+        recovered = Some(ok);
+        if ok {
+            let msgs = ring
+                .filter(|m| m.epoch == epoch && m.seq > since.seq)
+                .cloned()
+                .collect();
+            return HistoryPage {
+                epoch,
+                last_seq,
+                msgs,
+                recovered,
+            };
+        }
+    }
+    let min_ts = q
+        .secs
+        .map(|s| now_ms().saturating_sub(s as u64 * 1000))
+        .unwrap_or(0);
+    let skip = ring.len().saturating_sub(limit);
+    let msgs = ring
+        .skip(skip)
+        .filter(|m| m.ts >= min_ts)
+        .cloned()
+        .collect();
+    HistoryPage {
+        epoch,
+        last_seq,
+        msgs,
+        recovered,
+    }
+}
+
 struct RoomHistory {
     epoch: u32,
     last_seq: u64,
@@ -264,57 +320,9 @@ impl History {
 
     /// Answers a join.
     pub async fn query(&self, room: &RoomId, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
-        let limit = q
-            .limit
-            .map(|l| l as usize)
-            .unwrap_or(self.cfg.default_count)
-            .min(self.cfg.max_count);
         let slot = self.room(room).await?;
         let h = slot.lock();
-        let mut recovered = None;
-        if let Some(since) = &q.since {
-            let mut ok = false;
-            if since.epoch == h.epoch && since.seq <= h.last_seq {
-                if since.seq == h.last_seq {
-                    ok = true;
-                } else if let Some(oldest) = h.ring.iter().find(|m| m.epoch == h.epoch) {
-                    ok = oldest.seq <= since.seq + 1;
-                }
-            }
-            recovered = Some(ok);
-            if ok {
-                let msgs = h
-                    .ring
-                    .iter()
-                    .filter(|m| m.epoch == h.epoch && m.seq > since.seq)
-                    .cloned()
-                    .collect();
-                return Ok(HistoryPage {
-                    epoch: h.epoch,
-                    last_seq: h.last_seq,
-                    msgs,
-                    recovered,
-                });
-            }
-        }
-        let min_ts = q
-            .secs
-            .map(|s| now_ms().saturating_sub(s as u64 * 1000))
-            .unwrap_or(0);
-        let skip = h.ring.len().saturating_sub(limit);
-        let msgs = h
-            .ring
-            .iter()
-            .skip(skip)
-            .filter(|m| m.ts >= min_ts)
-            .cloned()
-            .collect();
-        Ok(HistoryPage {
-            epoch: h.epoch,
-            last_seq: h.last_seq,
-            msgs,
-            recovered,
-        })
+        Ok(answer(&self.cfg, h.epoch, h.last_seq, h.ring.iter(), q))
     }
 
     /// Forgets the in-memory history of rooms untouched for `idle_evict_s` (it is reloaded

@@ -8,6 +8,7 @@
 //! one. This crate must not know which adapter it runs on.
 
 pub mod auth;
+pub mod client_error;
 pub mod clock;
 pub mod config;
 pub mod gateway;
@@ -19,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod ports;
+pub mod remote_history;
 pub mod route_cache;
 pub mod shard;
 #[cfg(any(test, feature = "testkit"))]

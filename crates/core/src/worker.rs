@@ -46,8 +46,8 @@ use crate::ids::{NodeId, RoomId};
 use crate::metrics::Metrics;
 use crate::model::{InboundMessage, RoomBatch, RoomMsg};
 use crate::ports::{
-    BusConsumer, BusError, BusEvent, Delivery, MessageStore, Offset, Partition, RouteTable,
-    StoreError,
+    BusConsumer, BusError, BusEvent, Delivery, MessageStore, Offset, Partition, RecentMessages,
+    RouteTable, StoreError,
 };
 use crate::route_cache::RouteCache;
 
@@ -111,6 +111,9 @@ pub struct RoomWorker {
     deliver_at_ms: AtomicU64,
     /// The owner this worker claims its partitions as, in the store.
     node: NodeId,
+    /// Where gateways in other processes read joins' history: each batch goes there before it
+    /// is delivered (distributed mode), kept to `cap` messages, expiring `ttl` after the last.
+    recent: Option<(Arc<dyn RecentMessages>, usize, Duration)>,
 }
 
 /// What the worker knows of one of its partitions.
@@ -209,7 +212,20 @@ impl RoomWorker {
             deliver_us: AtomicU64::new(0),
             deliver_at_ms: AtomicU64::new(0),
             node: NodeId::new(&format!("worker-{:016x}", fastrand::u64(..))),
+            recent: None,
         }
+    }
+
+    /// Appends every batch to the rooms' recent lists before delivering it (distributed mode:
+    /// the gateways' [`crate::remote_history::RemoteHistory`] reads them).
+    pub fn with_recent(
+        mut self,
+        recent: Arc<dyn RecentMessages>,
+        cap: usize,
+        ttl: Duration,
+    ) -> Self {
+        self.recent = Some((recent, cap, ttl));
+        self
     }
 
     /// The node this worker claims its partitions as (default: a random one per worker).
@@ -628,6 +644,13 @@ impl RoomWorker {
         if let Err(e) = self.history.append(batch.clone()).await {
             tracing::error!(room = %room, error = %e, "cannot record batch in history");
         }
+        // Before delivery, as the history: a join never misses a message that was delivered.
+        if let Some((recent, cap, ttl)) = &self.recent
+            && let Err(e) = recent.push(&batch, *cap, *ttl).await
+        {
+            // Joins fall back to the store (which has it, or will within its flush).
+            tracing::warn!(room = %room, error = %e, "cannot append to the recent list");
+        }
         match self.routes.nodes(room).await {
             Ok(nodes) => {
                 for node in nodes.iter() {
@@ -727,6 +750,49 @@ mod tests {
             rx,
             task,
         }
+    }
+
+    /// In the distributed mode each batch is in the room's recent list before any gateway has
+    /// it, so a join on any gateway shows what its members were sent.
+    #[tokio::test]
+    async fn batches_are_in_the_recent_list_before_they_are_delivered() {
+        let (bus, mut consumers) = MemoryBus::new(1, 100);
+        let routes = Arc::new(MemoryRoutes::default());
+        let n1 = NodeId::new("n1");
+        routes.renew(&n1, Duration::from_secs(3600)).await.unwrap();
+        routes.add(&RoomId::parse("r").unwrap(), &n1).await.unwrap();
+        let recent = Arc::new(crate::memory::MemoryRecent::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let worker = RoomWorker::new(
+            WorkerConfig::default(),
+            Arc::new(History::new(
+                HistoryConfig::default(),
+                Arc::new(MemoryStore::new(100)),
+            )),
+            routes,
+            Arc::new(Recorder(tx)),
+            Arc::new(Metrics::default()),
+        )
+        .with_recent(recent.clone(), 3, Duration::from_secs(60));
+        let consumer = consumers.pop().unwrap();
+        let task = tokio::spawn(async move {
+            worker
+                .run(Box::new(consumer), std::future::pending::<()>())
+                .await
+        });
+        for i in 1..=5 {
+            bus.publish(msg("r", i)).await.unwrap();
+            let (_, b) = rx.recv().await.unwrap();
+            let listed = recent.recent(&b.room, 10).await.unwrap();
+            assert_eq!(
+                listed.last().map(|m| m.seq),
+                Some(b.last_seq()),
+                "listed before delivered"
+            );
+            assert!(listed.len() <= 3, "capped");
+        }
+        bus.close();
+        task.await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,6 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use roomcast_core::client_error::ClientError;
 use roomcast_core::config::LimitConfig;
 use roomcast_core::gateway::limits::Bucket;
 use roomcast_core::gateway::{AcceptError, Gateway, Upgraded};
@@ -115,6 +116,17 @@ async fn metrics(State(s): State<Arc<HttpState>>) -> Response {
 pub fn error_response(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
     let body = json!({ "error": { "code": code, "message": message.into() } });
     (status, axum::Json(body)).into_response()
+}
+
+/// A refusal described by core ([`ClientError`]: an ingest refusal, for one): its status, and
+/// `{"error": {"code", "message", "retry_after_ms"?}}`.
+pub fn client_error_response(e: ClientError) -> Response {
+    let status = StatusCode::from_u16(e.http_status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut err = json!({ "code": e.code.as_str(), "message": e.message });
+    if let Some(ms) = e.retry_after_ms {
+        err["retry_after_ms"] = json!(ms);
+    }
+    (status, axum::Json(json!({ "error": err }))).into_response()
 }
 
 async fn not_found() -> Response {

@@ -15,12 +15,12 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use roomcast_core::clock::now_s;
 use roomcast_core::ids::{RoomId, UserId};
-use roomcast_core::ingest::{ChatRequest, IngestError};
+use roomcast_core::ingest::ChatRequest;
 use roomcast_core::model::MsgKind;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::http::{HttpState, error_response};
+use crate::http::{HttpState, client_error_response, error_response};
 
 const INDEX_HTML: &str = include_str!("../../../web/index.html");
 const DEMO_JS: &str = include_str!("../../../web/demo.js");
@@ -194,29 +194,8 @@ async fn dev_gift(
     };
     match s.gateway.deps().ingest.submit(request).await {
         Ok(a) => Json(json!({ "msg_id": a.msg_id.0.to_string() })).into_response(),
-        Err(e) => ingest_refusal(e),
+        Err(e) => client_error_response(e.into()),
     }
-}
-
-fn ingest_refusal(e: IngestError) -> Response {
-    let message = e.to_string();
-    let (status, code, retry) = match e {
-        IngestError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request", None),
-        IngestError::RateLimited { retry_after_ms, .. } => (
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            Some(retry_after_ms),
-        ),
-        IngestError::Muted { .. } => (StatusCode::FORBIDDEN, "muted", None),
-        IngestError::Banned { .. } => (StatusCode::FORBIDDEN, "banned", None),
-        IngestError::ContentRejected => (StatusCode::BAD_REQUEST, "content_rejected", None),
-        IngestError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable", None),
-    };
-    let mut err = json!({ "code": code, "message": message });
-    if let Some(ms) = retry {
-        err["retry_after_ms"] = json!(ms);
-    }
-    (status, Json(json!({ "error": err }))).into_response()
 }
 
 #[cfg(test)]

@@ -44,7 +44,7 @@ use crate::model::RoomBatch;
 use crate::ports::{Delivery, DeliveryError, Moderation, Presence, RouteTable};
 use crate::shard::Sharded;
 use conn::{Closing, Conn, SendLimits, Sent};
-pub use control::LocalControl;
+pub use control::{LocalControl, NodeCommands, RoutedControl};
 use outgoing::Outgoing;
 use registry::{Registry, Room, Snapshot};
 pub use session::{Handler, HandlerTable};

@@ -17,7 +17,7 @@ use crate::model::{InboundMessage, MsgKind, RoomBatch};
 use crate::outbox::{Cycle, NewOutboxRow, OutboxRelay, OutboxRow, OutboxStore, RelayConfig};
 use crate::ports::{BusConsumer, BusEvent, MessageStore};
 
-use super::bus::WAIT;
+use crate::ports::bus::suite::WAIT;
 
 /// What every [`OutboxStore`] must do. `outbox` must be empty and its lease free (a fresh
 /// database); `store` is the message store on the same database.

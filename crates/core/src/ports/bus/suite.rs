@@ -744,3 +744,58 @@ pub async fn a_room_taken_from_a_crashed_owner_starts_a_new_epoch(h: &dyn BusHar
     );
     assert!(w3.stop().await.is_empty());
 }
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn memory_bus_passes() {
+        super::bus_suite(|| super::MemoryBusHarness::new(4)).await;
+    }
+
+    struct Nowhere;
+
+    impl crate::ports::Delivery for Nowhere {
+        fn deliver(
+            &self,
+            _node: &crate::ids::NodeId,
+            _batch: std::sync::Arc<crate::model::RoomBatch>,
+        ) -> crate::BoxFut<'_, Result<(), crate::ports::DeliveryError>> {
+            Box::pin(std::future::ready(Ok(())))
+        }
+    }
+
+    /// The memory bus records every commit: a stopped worker committed through its last record.
+    #[tokio::test]
+    async fn a_stopped_worker_committed_its_last_record() {
+        use crate::ports::{Bus, Partition};
+        let h = super::MemoryBusHarness::new(2);
+        let consumer = h.bus.join();
+        let p = crate::ports::BusConsumer::partition_of(&consumer, "commit-log") as Partition;
+        for i in 0..3 {
+            h.bus
+                .publish(super::message("commit-log", i))
+                .await
+                .unwrap();
+        }
+        h.bus.close();
+        let worker = crate::worker::RoomWorker::new(
+            crate::config::WorkerConfig::default(),
+            std::sync::Arc::new(crate::history::History::new(
+                crate::config::HistoryConfig::default(),
+                std::sync::Arc::new(crate::memory::MemoryStore::new(10)),
+            )),
+            std::sync::Arc::new(crate::memory::MemoryRoutes::default()),
+            std::sync::Arc::new(Nowhere),
+            std::sync::Arc::new(crate::metrics::Metrics::default()),
+        );
+        worker
+            .run(Box::new(consumer), std::future::pending::<()>())
+            .await;
+        assert_eq!(
+            h.bus.commits(p).last(),
+            Some(&2),
+            "through the third record"
+        );
+        assert!(h.bus.commits(1 - p).is_empty(), "nothing to commit there");
+    }
+}
