@@ -86,6 +86,28 @@ wait_for() {
   die "$what did not come up within ${secs}s"
 }
 
+# Stops the process in pid file $2 (service $1) with SIGTERM and returns once it has exited, so
+# an `up` right after finds its port free and its data written out (tests restart services
+# mid-suite). A service that will not stop within $3 seconds is an error, not a SIGKILL: these
+# hold data, and a graceful stop is what the caller asked for.
+stop_pid() {
+  local what=$1 pidf=$2 secs=$3 pid
+  pid_alive "$pidf" || {
+    rm -f "$pidf"
+    return 0
+  }
+  pid=$(cat "$pidf")
+  kill "$pid" 2> /dev/null || true
+  for _ in $(seq 1 $((secs * 10))); do
+    running "$pid" || {
+      rm -f "$pidf"
+      return 0
+    }
+    sleep 0.1
+  done
+  die "$what (pid $pid) did not exit within ${secs}s"
+}
+
 # ---- Redis ----------------------------------------------------------------------------------
 
 redis_ok() { redis-cli -h 127.0.0.1 -p "$redis_port" ping 2> /dev/null | grep -q PONG; }
@@ -94,16 +116,18 @@ redis_up() {
   redis_ok && return 0
   apt_install redis-server redis-tools
   mkdir -p "$dir/redis"
+  # Persistence on: the ack store holds critical messages still waiting for their user's ack,
+  # and bans, mutes and route leases live here too; all must survive a restart. The append-only
+  # file is fsynced every second (a crash of the machine may lose the last second; a graceful
+  # stop or a crash of Redis alone loses nothing). No RDB snapshots: the AOF is the record.
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dir/redis" \
     --daemonize yes --pidfile "$dir/redis/redis.pid" --logfile "$dir/redis/redis.log" \
-    --save "" --appendonly no --protected-mode yes > /dev/null
+    --save "" --appendonly yes --appendfsync everysec --protected-mode yes > /dev/null
   wait_for Redis 20 "$dir/redis/redis.log" redis_ok
 }
 
-redis_down() {
-  pid_alive "$dir/redis/redis.pid" && kill "$(cat "$dir/redis/redis.pid")"
-  rm -f "$dir/redis/redis.pid"
-}
+# On SIGTERM Redis fsyncs its append-only file before it exits: a graceful stop loses nothing.
+redis_down() { stop_pid Redis "$dir/redis/redis.pid" 60; }
 
 # ---- MariaDB ----------------------------------------------------------------------------------
 
@@ -141,15 +165,7 @@ SQL
   wait_for MariaDB 20 "$d/error.log" mysql_ok
 }
 
-mysql_down() {
-  local pidf=$dir/mysql/mysqld.pid
-  if pid_alive "$pidf"; then
-    local pid
-    pid=$(cat "$pidf")
-    kill "$pid"
-    for _ in $(seq 1 300); do kill -0 "$pid" 2> /dev/null || break; sleep 0.1; done
-  fi
-}
+mysql_down() { stop_pid MariaDB "$dir/mysql/mysqld.pid" 60; }
 
 # ---- etcd --------------------------------------------------------------------------------------
 
@@ -175,10 +191,7 @@ etcd_up() {
   wait_for etcd 30 "$d/etcd.log" etcd_ok
 }
 
-etcd_down() {
-  pid_alive "$dir/etcd/etcd.pid" && kill "$(cat "$dir/etcd/etcd.pid")"
-  rm -f "$dir/etcd/etcd.pid"
-}
+etcd_down() { stop_pid etcd "$dir/etcd/etcd.pid" 30; }
 
 # ---- Kafka (tansu) -----------------------------------------------------------------------------
 

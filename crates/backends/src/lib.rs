@@ -18,3 +18,5 @@ pub mod sqlite_acks;
 pub mod sqlite_outbox;
 #[cfg(feature = "sqlite")]
 mod sqlite_shared;
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+mod writer;

@@ -1,21 +1,18 @@
 //! The SQLite message store (`sqlite://PATH`): `room_chat_message` plus each room's stream
 //! position, in one file, in WAL mode.
 //!
-//! One writer thread takes batches from a bounded queue and writes everything queued in one
-//! transaction (thousands of rows per commit under load); reads use their own connection on the
-//! blocking pool. A `meta` row records whether the last run closed cleanly, so that a crash —
-//! which can lose the last queued batches — makes rooms start new epochs instead of handing out
-//! the same `seq` twice.
-//!
-//! The writer never drops a batch while the process lives: a failed transaction is retried with
-//! backoff (the store reports its error meanwhile, `/readyz` fails). It also marks outbox rows
-//! sent in the transaction that stores their messages (see `roomcast_core::outbox`), and prunes
-//! old messages in bounded chunks. It must not reorder batches: a room's batches are written in
-//! the order they were queued.
+//! Writes go through the shared writer (`writer.rs`): one task, a bounded queue, everything
+//! queued in one transaction (thousands of rows per commit under load), in order, a failed
+//! transaction retried with backoff and never dropped while the process lives (the store
+//! reports its error meanwhile, `/readyz` fails). Here a transaction runs on the blocking pool
+//! on the writer's own connection; it also marks outbox rows sent in the transaction that stores
+//! their messages (see `roomcast_core::outbox`), and between transactions old messages are
+//! pruned in bounded chunks. Reads use their own connection on the blocking pool. A `meta` row
+//! records whether the last run closed cleanly, so that a crash — which can lose the last queued
+//! batches — makes rooms start new epochs instead of handing out the same `seq` twice.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -25,8 +22,9 @@ use roomcast_core::ids::{NodeId, RoomId};
 use roomcast_core::metrics::Metrics;
 use roomcast_core::model::{RoomBatch, RoomMsg};
 use roomcast_core::ports::{MessageStore, Partition, StoreError, StoredRoom};
-use rusqlite::{Connection, OptionalExtension, params};
-use tokio::sync::{mpsc, oneshot};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+
+use crate::writer::{RetryOptions, Transactions, Writer};
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS room_chat_message (
@@ -91,31 +89,11 @@ impl Default for SqliteOptions {
     }
 }
 
-/// Failed attempts a closing store still makes before it gives up on a write.
-const RETRIES_WHEN_CLOSING: u32 = 3;
-
-enum Cmd {
-    Append(Arc<RoomBatch>),
-    Flush(oneshot::Sender<()>),
-    Close(oneshot::Sender<()>),
-}
-
-/// What the writer thread tells the rest of the store.
-#[derive(Default)]
-struct Health {
-    /// The last write error while writes fail; `None` once a write succeeds.
-    error: Mutex<Option<String>>,
-    /// Set by `close`: a write that keeps failing is given up after a few more attempts.
-    closing: AtomicBool,
-}
-
 pub struct SqliteStore {
     path: PathBuf,
-    tx: mpsc::Sender<Cmd>,
+    writer: Writer,
     reader: Arc<Mutex<Connection>>,
     previous_clean: bool,
-    closed: AtomicBool,
-    health: Arc<Health>,
 }
 
 pub(crate) fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -146,7 +124,7 @@ pub(crate) fn open_connection(path: &Path, durability: Durability) -> rusqlite::
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database and starts the writer thread.
+    /// Opens (creating if needed) the database and starts the writer (needs a tokio runtime).
     pub fn open(path: &Path, opts: SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
@@ -157,6 +135,7 @@ impl SqliteStore {
         let writer = open_connection(path, Durability::Normal)
             .map_err(|e| unavailable(format!("{}: {e}", path.display())))?;
         writer.execute_batch(SCHEMA).map_err(unavailable)?;
+        unique_msg_ids(&writer).map_err(unavailable)?;
         // The writer marks outbox rows sent in the transaction that stores their messages.
         writer
             .execute_batch(crate::sqlite_outbox::SCHEMA)
@@ -176,184 +155,148 @@ impl SqliteStore {
             .execute("INSERT INTO meta (key, value) VALUES ('clean', '0') ON CONFLICT (key) DO UPDATE SET value = '0'", [])
             .map_err(unavailable)?;
         let reader = open_connection(path, Durability::Normal).map_err(unavailable)?;
-        let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let health = Arc::new(Health::default());
-        let writer_health = health.clone();
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || {
-                Writer {
-                    conn: writer,
-                    opts,
-                    health: writer_health,
-                    lost_writes: false,
-                }
-                .run(rx)
-            })
-            .map_err(unavailable)?;
+        let retry = RetryOptions {
+            queue: opts.queue,
+            base: opts.retry_base,
+            max: opts.retry_max,
+            metrics: opts.metrics.clone(),
+        };
+        let writer = Writer::start(
+            SqliteTransactions {
+                conn: Arc::new(Mutex::new(writer)),
+                retention: opts.retention,
+                prune_chunk: opts.prune_chunk.max(1),
+                prune_due: opts.retention.is_some(),
+                last_prune: Instant::now(),
+            },
+            retry,
+        );
         Ok(SqliteStore {
             path: path.to_owned(),
-            tx,
+            writer,
             reader: Arc::new(Mutex::new(reader)),
             previous_clean,
-            closed: AtomicBool::new(false),
-            health,
         })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
 
-    async fn command(
+/// The SQLite side of the shared writer: its transactions run on the blocking pool, one at a
+/// time, on the writer's own connection; its chore prunes old messages in bounded chunks, so
+/// that a large backlog never holds the batches queued behind it for long.
+struct SqliteTransactions {
+    conn: Arc<Mutex<Connection>>,
+    retention: Option<Duration>,
+    prune_chunk: usize,
+    /// Pruning starts at once (a backlog from a long stop), then at most once an hour.
+    prune_due: bool,
+    last_prune: Instant,
+}
+
+impl SqliteTransactions {
+    async fn blocking<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<()>) -> Cmd,
-    ) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.tx
-            .send(make(done))
+        f: impl FnOnce(&mut Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, String> {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || f(&mut conn.lock()))
             .await
-            .map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Closed)
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 }
 
-struct Writer {
-    conn: Connection,
-    opts: SqliteOptions,
-    health: Arc<Health>,
-    /// Once a batch could not be written (given up at shutdown), this run must not be recorded
-    /// as clean: the next start gives rooms new epochs instead of handing out the lost batch's
-    /// seq numbers again.
-    lost_writes: bool,
-}
+impl Transactions for SqliteTransactions {
+    fn name(&self) -> &'static str {
+        "SQLite"
+    }
 
-impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
-        // Pruning starts at once (a backlog from a long stop), one bounded chunk per turn so
-        // that queued messages are written in between.
-        let mut prune_due = self.opts.retention.is_some();
-        let mut last_prune = Instant::now();
-        let mut cmds = Vec::with_capacity(1024);
-        loop {
-            if prune_due {
-                match rx.try_recv() {
-                    Ok(c) => cmds.push(c),
-                    Err(mpsc::error::TryRecvError::Empty) => {}
-                    Err(mpsc::error::TryRecvError::Disconnected) => return,
-                }
-            } else {
-                let Some(first) = rx.blocking_recv() else {
-                    return;
-                };
-                cmds.push(first);
-            }
-            while cmds.len() < 1024 {
-                match rx.try_recv() {
-                    Ok(c) => cmds.push(c),
-                    Err(_) => break,
-                }
-            }
-            let batches: Vec<&Arc<RoomBatch>> = cmds
-                .iter()
-                .filter_map(|c| match c {
-                    Cmd::Append(b) => Some(b),
-                    _ => None,
+    fn write(&mut self, batches: Vec<Arc<RoomBatch>>) -> BoxFut<'_, Result<(), String>> {
+        Box::pin(self.blocking(move |c| write_batches(c, &batches)))
+    }
+
+    fn record_clean(&mut self) -> BoxFut<'_, ()> {
+        Box::pin(async move {
+            let done = self
+                .blocking(|c| {
+                    c.execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])?;
+                    // Folds the WAL back into the database file, so a stopped store is one file.
+                    c.pragma_update(None, "wal_checkpoint", "TRUNCATE")
                 })
-                .collect();
-            if !batches.is_empty() {
-                self.write_with_retry(&batches);
+                .await;
+            if let Err(e) = done {
+                tracing::error!(error = %e, "cannot record clean shutdown");
             }
-            if let Some(keep) = self.opts.retention {
-                if !prune_due && last_prune.elapsed() > Duration::from_secs(3600) {
-                    prune_due = true;
-                }
-                if prune_due {
-                    let cutoff = now_ms().saturating_sub(keep.as_millis() as u64) as i64;
-                    match prune_chunk(&self.conn, cutoff, self.opts.prune_chunk.max(1)) {
-                        Ok(n) => {
-                            if n > 0 {
-                                tracing::debug!(deleted = n, "pruned old messages");
-                            }
-                            if n < self.opts.prune_chunk.max(1) {
-                                prune_due = false;
-                                last_prune = Instant::now();
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(error = %e, "cannot prune old messages");
-                            prune_due = false;
-                            last_prune = Instant::now();
-                        }
-                    }
-                }
-            }
-            let mut stop = false;
-            for c in cmds.drain(..) {
-                match c {
-                    Cmd::Append(_) => {}
-                    Cmd::Flush(done) => {
-                        let _ = done.send(());
-                    }
-                    Cmd::Close(done) => {
-                        self.close();
-                        let _ = done.send(());
-                        stop = true;
-                    }
-                }
-            }
-            if stop {
-                return;
-            }
-        }
+        })
     }
 
-    /// Writes the batches, retrying with exponential backoff until it works: while it fails,
-    /// `append` waits once the queue is full (back-pressure up to ingest) and the store reports
-    /// its error (`/readyz` fails). Only a closing store gives up, after a few more attempts.
-    fn write_with_retry(&mut self, batches: &[&Arc<RoomBatch>]) {
-        let mut pause = self.opts.retry_base;
-        let mut attempts = 0u32;
-        loop {
-            match write_batches(&mut self.conn, batches) {
-                Ok(()) => {
-                    if self.health.error.lock().take().is_some() {
-                        self.opts.metrics.store_write_failing.set(0);
-                        tracing::info!("message store writes again");
+    fn chore(&mut self) -> BoxFut<'_, bool> {
+        Box::pin(async move {
+            let Some(keep) = self.retention else {
+                return false;
+            };
+            if !self.prune_due && self.last_prune.elapsed() > Duration::from_secs(3600) {
+                self.prune_due = true;
+            }
+            if !self.prune_due {
+                return false;
+            }
+            let cutoff = now_ms().saturating_sub(keep.as_millis() as u64) as i64;
+            let chunk = self.prune_chunk;
+            match self.blocking(move |c| prune_chunk(c, cutoff, chunk)).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::debug!(deleted = n, "pruned old messages");
                     }
-                    return;
+                    self.prune_due = n >= chunk;
                 }
                 Err(e) => {
-                    attempts += 1;
-                    self.opts.metrics.store_write_failures.inc();
-                    self.opts.metrics.store_write_failing.set(1);
-                    *self.health.error.lock() = Some(format!("cannot write messages: {e}"));
-                    if self.health.closing.load(Ordering::Relaxed)
-                        && attempts >= RETRIES_WHEN_CLOSING
-                    {
-                        tracing::error!(error = %e, batches = batches.len(), "cannot write messages at shutdown; giving up");
-                        self.lost_writes = true;
-                        return;
-                    }
-                    tracing::error!(error = %e, batches = batches.len(), attempt = attempts, retry_in_ms = pause.as_millis() as u64, "cannot write messages to SQLite; retrying");
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(self.opts.retry_max.max(self.opts.retry_base));
+                    tracing::warn!(error = %e, "cannot prune old messages");
+                    self.prune_due = false;
                 }
             }
-        }
+            if !self.prune_due {
+                self.last_prune = Instant::now();
+            }
+            self.prune_due
+        })
     }
+}
 
-    fn close(&mut self) {
-        if self.lost_writes {
-            tracing::warn!("messages were lost this run; not recording a clean shutdown");
-        } else if let Err(e) = self
-            .conn
-            .execute("UPDATE meta SET value = '1' WHERE key = 'clean'", [])
-        {
-            tracing::error!(error = %e, "cannot record clean shutdown");
-        }
-        let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+/// One copy of a message per `(room_id, msg_id)`: a message the bus redelivers after a worker
+/// crash gets a new `(epoch, seq)` from the partition's next owner, so only its id can tell it is
+/// stored already. The unique index is created at the first open of a database from before it,
+/// after deleting all but the newest copy of any message stored twice (the newest is the one of
+/// the room's latest epoch, the one a client recovering in that epoch asks for).
+fn unique_msg_ids(conn: &Connection) -> rusqlite::Result<()> {
+    let exists: bool = conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'room_chat_message_msg')",
+        [],
+        |r| r.get(0),
+    )?;
+    if exists {
+        return Ok(());
     }
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let deleted = tx.execute(
+        "DELETE FROM room_chat_message WHERE id NOT IN
+         (SELECT MAX(id) FROM room_chat_message GROUP BY room_id, msg_id)",
+        [],
+    )?;
+    if deleted > 0 {
+        tracing::warn!(
+            deleted,
+            "deleted older copies of messages stored more than once"
+        );
+    }
+    tx.execute(
+        "CREATE UNIQUE INDEX IF NOT EXISTS room_chat_message_msg ON room_chat_message (room_id, msg_id)",
+        [],
+    )?;
+    tx.commit()
 }
 
 /// Deletes up to `chunk` messages older than `cutoff_ms`; returns how many.
@@ -365,12 +308,15 @@ fn prune_chunk(conn: &Connection, cutoff_ms: i64, chunk: usize) -> rusqlite::Res
     )
 }
 
-fn write_batches(conn: &mut Connection, batches: &[&Arc<RoomBatch>]) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+fn write_batches(conn: &mut Connection, batches: &[Arc<RoomBatch>]) -> rusqlite::Result<()> {
+    // IMMEDIATE: an outbox message's first statement reads; a deferred transaction would then
+    // fail its first write whenever another connection committed in between.
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     {
         let mut insert = tx.prepare_cached(
             "INSERT INTO room_chat_message (room_id, msg_id, uid, content, created_at, epoch, seq, name, kind, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+             ON CONFLICT (room_id, msg_id) DO NOTHING",
         )?;
         let mut state = tx.prepare_cached(
             "INSERT INTO room_state (room_id, epoch, last_seq) VALUES (?1, ?2, ?3)
@@ -452,15 +398,7 @@ fn load(conn: &Connection, room: &str, limit: usize) -> rusqlite::Result<Option<
 
 impl MessageStore for SqliteStore {
     fn append(&self, batch: Arc<RoomBatch>) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            if self.closed.load(Ordering::Relaxed) {
-                return Err(StoreError::Closed);
-            }
-            self.tx
-                .send(Cmd::Append(batch))
-                .await
-                .map_err(|_| StoreError::Closed)
-        })
+        Box::pin(self.writer.append(batch))
     }
 
     fn load_room(
@@ -479,7 +417,7 @@ impl MessageStore for SqliteStore {
     }
 
     fn flush(&self) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(self.command(Cmd::Flush))
+        Box::pin(self.writer.flush())
     }
 
     fn previous_shutdown_clean(&self) -> bool {
@@ -487,17 +425,11 @@ impl MessageStore for SqliteStore {
     }
 
     fn write_error(&self) -> Option<String> {
-        self.health.error.lock().clone()
+        self.writer.error()
     }
 
     fn close(&self) -> BoxFut<'_, Result<(), StoreError>> {
-        Box::pin(async move {
-            if self.closed.swap(true, Ordering::Relaxed) {
-                return Ok(());
-            }
-            self.health.closing.store(true, Ordering::Relaxed);
-            self.command(Cmd::Close).await
-        })
+        Box::pin(self.writer.close())
     }
 
     fn claim_partitions<'a>(
@@ -515,7 +447,10 @@ impl MessageStore for SqliteStore {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let mut conn = conn.lock();
-                let tx = conn.transaction()?;
+                // IMMEDIATE: the write lock first, waited for under the busy timeout. A deferred
+                // transaction would read, then fail at once on its first write if another
+                // connection (the outbox relay's lease, the ack store) committed in between.
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 let mut unclean = Vec::new();
                 for p in partitions {
                     let clean: Option<bool> = tx
@@ -553,7 +488,7 @@ impl MessageStore for SqliteStore {
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {
                 let mut conn = conn.lock();
-                let tx = conn.transaction()?;
+                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
                 for p in partitions {
                     tx.execute(
                         "UPDATE partition_owner SET clean = 1 WHERE partition_id = ?1 AND owner = ?2",
@@ -758,6 +693,90 @@ mod tests {
         assert!(store.previous_shutdown_clean());
         let h = History::new(HistoryConfig::default(), store);
         assert_eq!(h.cursor(&room).await.unwrap(), (fresh, 0));
+    }
+
+    /// A database from before the unique `(room_id, msg_id)` index that holds a message twice (a
+    /// redelivery stored under the next owner's epoch): the first open keeps the newest copy and
+    /// adds the index; from then on a copy is never stored again.
+    #[tokio::test]
+    async fn an_older_database_holding_duplicates_keeps_the_newest_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("db")).unwrap();
+        let db = raw(&dir);
+        db.execute_batch(SCHEMA).unwrap();
+        for (msg_id, epoch, seq) in [(1001, 1, 1), (1002, 1, 2), (1001, 2, 1)] {
+            db.execute(
+                "INSERT INTO room_chat_message (room_id, msg_id, uid, content, created_at, epoch, seq, kind)
+                 VALUES ('r', ?1, 'u', 'hi', 1, ?2, ?3, 'chat')",
+                params![msg_id, epoch, seq],
+            )
+            .unwrap();
+        }
+        db.execute("INSERT INTO room_state VALUES ('r', 2, 1)", [])
+            .unwrap();
+        drop(db);
+
+        let store = open(&dir);
+        let room = RoomId::parse("r").unwrap();
+        let got = store.load_room(&room, 10).await.unwrap().unwrap();
+        assert_eq!(
+            got.recent
+                .iter()
+                .map(|m| (m.msg_id, m.epoch, m.seq))
+                .collect::<Vec<_>>(),
+            [(1002, 1, 2), (1001, 2, 1)]
+        );
+        let mut again = roomcast_core::testkit::batch("r", 2, 2..=2);
+        Arc::make_mut(&mut again.msgs[0]).msg_id = 1002;
+        store.append(Arc::new(again)).await.unwrap();
+        store.flush().await.unwrap();
+        assert_eq!(stored(&dir), 2, "not stored a third time");
+        store.close().await.unwrap();
+    }
+
+    /// Partition claims and releases share the file with other writers (the outbox relay renews
+    /// its lease every 100 ms, the ack store writes through): they must wait for the write lock,
+    /// never fail. A deferred transaction that reads first and writes second fails at once
+    /// (`SQLITE_BUSY`, which the busy timeout does not cover) when another connection committed
+    /// in between; a failed claim makes every room of the partition start a new epoch.
+    #[tokio::test]
+    async fn partition_claims_wait_for_other_writers_instead_of_failing() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db/roomcast.db");
+        let store = open(&dir);
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = std::thread::spawn({
+            let (path, stop) = (path.clone(), stop.clone());
+            move || {
+                let c = open_connection(&path, Durability::Normal).unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    c.execute(
+                        "INSERT INTO meta (key, value) VALUES ('busy', ?1)
+                         ON CONFLICT (key) DO UPDATE SET value = ?1",
+                        [n.to_string()],
+                    )
+                    .unwrap();
+                    n += 1;
+                }
+                n
+            }
+        });
+        let owner = NodeId::new("w");
+        for _ in 0..300 {
+            let unclean = store.claim_partitions(&owner, &[1, 2, 3]).await;
+            assert_eq!(unclean.map_err(|e| e.to_string()), Ok(vec![]), "claimed");
+            store
+                .release_partitions(&owner, &[1, 2, 3])
+                .await
+                .expect("released");
+        }
+        stop.store(true, Ordering::Relaxed);
+        assert!(
+            writer.join().unwrap() > 0,
+            "the other writer wrote meanwhile"
+        );
     }
 
     /// Old messages are pruned at start, in chunks, while new ones are written.

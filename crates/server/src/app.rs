@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use roomcast_backends::kafka::KafkaBus;
-use roomcast_backends::mysql::{MysqlOptions, MysqlStore};
+use roomcast_backends::mysql::{MysqlOptions, MysqlOutbox, MysqlStore};
 use roomcast_backends::redis::{RedisAckStore, RedisConn, RedisModeration, RedisRateLimiter};
 use roomcast_backends::sqlite::{SqliteOptions, SqliteStore};
 use roomcast_backends::sqlite_acks::SqliteAckStore;
@@ -196,27 +196,30 @@ pub async fn start_with_handlers(
     ));
 
     let api_ingest = ingest.clone();
-    // The outbox lives beside the messages (SQLite); with memory:// there is none.
-    let outbox = match config.store_url()? {
-        // memory:// keeps none; the MySQL outbox is wired here once its adapter exists.
-        StoreUrl::Memory | StoreUrl::Mysql(_) => None,
+    // The outbox lives beside the messages (SQLite, MySQL); with memory:// there is none.
+    let outbox_store: Option<Arc<dyn OutboxStore>> = match config.store_url()? {
+        StoreUrl::Memory => None,
         StoreUrl::Sqlite(path) => {
-            let store: Arc<dyn OutboxStore> = Arc::new(
-                SqliteOutbox::open(&path)
-                    .with_context(|| format!("cannot open {}", path.display()))?,
-            );
-            let ids = ingest.clone();
-            Some(Arc::new(OutboxRelay::new(
-                RelayConfig {
-                    holder: format!("{}-{}", config.node_id(), std::process::id()),
-                    ..RelayConfig::default()
-                },
-                store,
-                ingest.clone(),
-                move || ids.next_id(),
-            )))
+            Some(Arc::new(SqliteOutbox::open(&path).with_context(|| {
+                format!("cannot open {}", path.display())
+            })?))
         }
+        StoreUrl::Mysql(url) => Some(Arc::new(
+            MysqlOutbox::open(&url).await.context("store.url")?,
+        )),
     };
+    let outbox = outbox_store.map(|store| {
+        let ids = ingest.clone();
+        Arc::new(OutboxRelay::new(
+            RelayConfig {
+                holder: format!("{}-{}", config.node_id(), std::process::id()),
+                ..RelayConfig::default()
+            },
+            store,
+            ingest.clone(),
+            move || ids.next_id(),
+        ))
+    });
     let node = NodeId::new(config.node_id());
     let gateway = Gateway::new(
         config.gateway.clone(),

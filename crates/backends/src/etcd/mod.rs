@@ -7,6 +7,10 @@
 //! client crate: `etcd-client` generates its code with `protoc` at build time, which the
 //! project's "no services, no tools" standalone build must not need. Registration is one
 //! transaction (create the key only if absent), so two live nodes can never hold one id.
+//!
+//! Every call opens its own connection, so a restarted etcd is simply reached again. A watch
+//! survives it too: its stream is reopened from the revision after the last event it passed on
+//! (etcd keeps registrations, leases and history on disk), so a watcher misses nothing.
 
 use std::time::Duration;
 
@@ -273,39 +277,108 @@ impl Discovery for EtcdDiscovery {
         Box::pin(async move {
             let (initial, rev) = self.range(role).await?;
             let (tx, rx) = broadcast::channel(256);
-            let prefix = self.role_prefix(role);
-            let resp = self
-                .send(
-                    "/v3/watch",
-                    json!({ "create_request": {
-                        "key": B64.encode(&prefix),
-                        "range_end": B64.encode(prefix_end(&prefix)),
-                        "start_revision": (rev + 1).to_string(),
-                    }}),
-                )
-                .await?;
-            tokio::spawn(follow(self.clone(), role, resp.into_body(), tx));
+            let body = self.open_watch(role, rev + 1).await?;
+            tokio::spawn(follow(self.clone(), role, body, rev + 1, tx));
             Ok(NodeWatch::new(role, initial, rx))
         })
     }
 }
 
-/// Turns the watch stream's JSON messages into node events until the stream or every watcher
-/// ends; `Lagged` when the stream breaks (the watcher lists again).
+impl EtcdDiscovery {
+    /// The stream of changes of a role's keys from revision `from` on.
+    async fn open_watch(
+        &self,
+        role: NodeRole,
+        from: i64,
+    ) -> Result<hyper::body::Incoming, DiscoveryError> {
+        let prefix = self.role_prefix(role);
+        let resp = self
+            .send(
+                "/v3/watch",
+                json!({ "create_request": {
+                    "key": B64.encode(&prefix),
+                    "range_end": B64.encode(prefix_end(&prefix)),
+                    "start_revision": from.to_string(),
+                }}),
+            )
+            .await?;
+        Ok(resp.into_body())
+    }
+}
+
+/// How a watch stream ended.
+enum StreamEnd {
+    /// Every watcher is gone.
+    Unwatched,
+    /// The connection broke or etcd cancelled the watch (a restart, a network failure).
+    Broken,
+    /// The revision to resume from was compacted away; the oldest one etcd still has.
+    Compacted(i64),
+}
+
+/// Turns the watch stream's JSON messages into node events until every watcher is gone. When the
+/// stream breaks (etcd restarted, the connection dropped) it opens the watch again, with backoff,
+/// from the revision after the last event it passed on: etcd keeps its history across a restart,
+/// so nothing is missed or repeated. Only when that revision was compacted away does it send
+/// `Lagged` (the watcher lists again) and carry on from the oldest revision etcd still has.
 async fn follow(
     etcd: EtcdDiscovery,
     role: NodeRole,
     mut body: hyper::body::Incoming,
+    mut from: i64,
     tx: broadcast::Sender<(NodeRole, NodeEvent)>,
 ) {
+    loop {
+        match read_watch(&etcd, role, body, &mut from, &tx).await {
+            StreamEnd::Unwatched => return,
+            StreamEnd::Broken => {
+                tracing::warn!(role = role_name(role), "etcd watch broke; resuming");
+            }
+            StreamEnd::Compacted(oldest) => {
+                tracing::warn!(
+                    role = role_name(role),
+                    from,
+                    oldest,
+                    "etcd compacted the watch's history; watchers list again"
+                );
+                if tx.send((role, NodeEvent::Lagged)).is_err() {
+                    return;
+                }
+                from = oldest;
+            }
+        }
+        // A pause before every attempt, also the first: a watch that etcd cancels at once must
+        // not turn into a busy loop.
+        let mut pause = Duration::from_millis(100);
+        body = loop {
+            tokio::time::sleep(pause).await;
+            if tx.receiver_count() == 0 {
+                return;
+            }
+            match etcd.open_watch(role, from).await {
+                Ok(b) => break b,
+                Err(e) => {
+                    tracing::debug!(error = %e, "etcd watch: cannot resume yet");
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+    }
+}
+
+/// Passes one stream's events on; `from` follows the revision after the last event seen.
+async fn read_watch(
+    etcd: &EtcdDiscovery,
+    role: NodeRole,
+    mut body: hyper::body::Incoming,
+    from: &mut i64,
+    tx: &broadcast::Sender<(NodeRole, NodeEvent)>,
+) -> StreamEnd {
     let mut buf: Vec<u8> = Vec::new();
     loop {
         let frame = match body.frame().await {
             Some(Ok(f)) => f,
-            _ => {
-                let _ = tx.send((role, NodeEvent::Lagged));
-                return;
-            }
+            _ => return StreamEnd::Broken,
         };
         let Ok(data) = frame.into_data() else {
             continue;
@@ -315,8 +388,22 @@ async fn follow(
         let mut used = 0;
         while let Some(Ok(msg)) = stream.next() {
             used = stream.byte_offset();
-            for ev in msg["result"]["events"].as_array().into_iter().flatten() {
+            let result = &msg["result"];
+            if msg.get("error").is_some() {
+                return StreamEnd::Broken;
+            }
+            if result["canceled"].as_bool() == Some(true) {
+                let compacted = revision(&result["compact_revision"]);
+                return match compacted {
+                    Some(oldest) if oldest > 0 => StreamEnd::Compacted(oldest),
+                    _ => StreamEnd::Broken,
+                };
+            }
+            for ev in result["events"].as_array().into_iter().flatten() {
                 let kv = &ev["kv"];
+                if let Some(rev) = revision(&kv["mod_revision"]) {
+                    *from = (*from).max(rev + 1);
+                }
                 let event = if ev["type"].as_str() == Some("DELETE") {
                     etcd.key_id(role, kv).map(NodeEvent::Down)
                 } else {
@@ -325,10 +412,17 @@ async fn follow(
                 if let Some(event) = event
                     && tx.send((role, event)).is_err()
                 {
-                    return; // nobody watches any more
+                    return StreamEnd::Unwatched;
                 }
             }
         }
         buf.drain(..used);
     }
+}
+
+/// An int64 of etcd's JSON API (written as a string).
+fn revision(v: &Value) -> Option<i64> {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .or_else(|| v.as_i64())
 }

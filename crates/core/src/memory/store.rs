@@ -1,6 +1,6 @@
 //! An in-memory message store (`memory://`): history for the life of the process only.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -17,8 +17,15 @@ pub struct MemoryStore {
     owners: Mutex<HashMap<Partition, (NodeId, bool)>>,
 }
 
-/// A room's epoch, last seq and last messages.
-type Kept = (u32, u64, VecDeque<RoomMsg>);
+/// A room's epoch, last seq and last messages, with their `msg_id`s: a message redelivered
+/// under a new position (a new epoch after a crash) is kept once, as far as this store remembers.
+#[derive(Default)]
+struct Kept {
+    epoch: u32,
+    last_seq: u64,
+    msgs: VecDeque<RoomMsg>,
+    ids: HashSet<u64>,
+}
 
 impl MemoryStore {
     /// Keeps the last `keep` messages of each room.
@@ -34,16 +41,19 @@ impl MemoryStore {
 impl MessageStore for MemoryStore {
     fn append(&self, batch: Arc<RoomBatch>) -> BoxFut<'_, Result<(), StoreError>> {
         let mut rooms = self.rooms.lock();
-        let entry = rooms
-            .entry(batch.room.clone())
-            .or_insert_with(|| (batch.epoch, 0, VecDeque::new()));
-        entry.0 = batch.epoch;
-        entry.1 = batch.last_seq();
+        let kept = rooms.entry(batch.room.clone()).or_default();
+        kept.epoch = batch.epoch;
+        kept.last_seq = batch.last_seq();
         for m in &batch.msgs {
-            if entry.2.len() == self.keep {
-                entry.2.pop_front();
+            if self.keep == 0 || !kept.ids.insert(m.msg_id) {
+                continue;
             }
-            entry.2.push_back((**m).clone());
+            if kept.msgs.len() >= self.keep
+                && let Some(old) = kept.msgs.pop_front()
+            {
+                kept.ids.remove(&old.msg_id);
+            }
+            kept.msgs.push_back((**m).clone());
         }
         Box::pin(std::future::ready(Ok(())))
     }
@@ -53,19 +63,16 @@ impl MessageStore for MemoryStore {
         room: &RoomId,
         limit: usize,
     ) -> BoxFut<'_, Result<Option<StoredRoom>, StoreError>> {
-        let found = self
-            .rooms
-            .lock()
-            .get(room)
-            .map(|(epoch, last_seq, msgs)| StoredRoom {
-                epoch: *epoch,
-                last_seq: *last_seq,
-                recent: msgs
-                    .iter()
-                    .skip(msgs.len().saturating_sub(limit))
-                    .cloned()
-                    .collect(),
-            });
+        let found = self.rooms.lock().get(room).map(|kept| StoredRoom {
+            epoch: kept.epoch,
+            last_seq: kept.last_seq,
+            recent: kept
+                .msgs
+                .iter()
+                .skip(kept.msgs.len().saturating_sub(limit))
+                .cloned()
+                .collect(),
+        });
         Box::pin(std::future::ready(Ok(found)))
     }
 
@@ -112,5 +119,29 @@ impl MessageStore for MemoryStore {
             }
         }
         Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn passes_the_message_store_suite() {
+        crate::testkit::message_store_suite(&MemoryStore::new(100)).await;
+    }
+
+    /// Ids are forgotten with their messages, so a room's memory stays bounded.
+    #[tokio::test]
+    async fn keeps_at_most_keep_messages_and_their_ids() {
+        let store = MemoryStore::new(2);
+        store
+            .append(Arc::new(crate::testkit::batch("r", 1, 1..=5)))
+            .await
+            .unwrap();
+        let rooms = store.rooms.lock();
+        let kept = &rooms[&RoomId::parse("r").unwrap()];
+        assert_eq!(kept.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(), [4, 5]);
+        assert_eq!(kept.ids.len(), 2);
     }
 }

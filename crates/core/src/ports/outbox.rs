@@ -10,6 +10,9 @@ use crate::model::MsgKind;
 
 pub use super::store::StoreError;
 
+#[cfg(any(test, feature = "testkit"))]
+pub mod suite;
+
 /// One outbox row.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
@@ -35,7 +38,45 @@ pub struct NewOutboxRow {
     pub payload: Option<String>,
 }
 
-/// Where outbox rows live (the backend's database; SQLite in standalone).
+impl NewOutboxRow {
+    /// A row's columns as a backend wrote them, checked: the reason when one can never be
+    /// published (an invalid room, kind or user, a payload that is not JSON). Every outbox
+    /// adapter sets such a row aside rather than letting it block the rows behind it.
+    pub fn from_columns(
+        room: &str,
+        kind: &str,
+        user: &str,
+        name: Option<String>,
+        text: String,
+        payload: Option<String>,
+    ) -> Result<Self, String> {
+        let room = RoomId::parse(room).map_err(|e| format!("room_id {room:?}: {e}"))?;
+        let kind = MsgKind::parse(kind).ok_or_else(|| format!("unknown kind {kind:?}"))?;
+        let user = UserId::parse(user).map_err(|e| format!("uid {user:?}: {e}"))?;
+        if let Some(p) = &payload {
+            serde_json::from_str::<&serde_json::value::RawValue>(p)
+                .map_err(|e| format!("payload is not JSON: {e}"))?;
+        }
+        Ok(NewOutboxRow {
+            room,
+            kind,
+            user,
+            name,
+            text,
+            payload,
+        })
+    }
+}
+
+/// Where outbox rows live (the backend's database: SQLite in standalone, the MySQL-protocol
+/// database beside the message store otherwise).
+///
+/// Contract (every adapter; [`suite::outbox_store_suite`] checks it): ids grow in insertion
+/// order; `pending` lists rows neither stored nor failed, oldest first, every field as written;
+/// a row's `msg_id` is set once and never changed; the message store sharing the database marks
+/// a row sent when it stores the row's message (see [`crate::ports::MessageStore`]); the lease
+/// has one holder at a time, judged by one clock (the database server's when relays on several
+/// hosts share it).
 pub trait OutboxStore: Send + Sync {
     /// Appends a row; returns its id.
     fn insert(&self, row: NewOutboxRow) -> BoxFut<'_, Result<i64, StoreError>>;

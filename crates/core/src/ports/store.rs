@@ -33,10 +33,12 @@ pub struct StoredRoom {
 /// `room_chat_message` and the per-room stream position.
 ///
 /// Durability contract (every adapter): a batch is written in one transaction with the room's
-/// position; a batch with no messages records a new epoch (`last_seq` 0); a store that holds the
-/// outbox marks the rows of the batch's `outbox_ids` sent in that same transaction and never
-/// stores a message whose outbox row is already marked (a re-published copy); a write that fails
-/// is retried, never dropped while the process lives.
+/// position; a message is stored once per room and `msg_id`, whatever its position (the bus
+/// redelivers a message after a crash, and the next owner gives it a new epoch and seq), and
+/// the rest of its batch is stored; a batch with no messages records a new epoch (`last_seq`
+/// 0); a store that holds the outbox marks the rows of the batch's `outbox_ids` sent in that
+/// same transaction and never stores a message whose outbox row is already marked (a
+/// re-published copy); a write that fails is retried, never dropped while the process lives.
 pub trait MessageStore: Send + Sync {
     /// Queues a batch for writing (in order per room). Returns once it is queued, which may wait
     /// when the store falls behind.

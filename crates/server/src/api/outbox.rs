@@ -54,8 +54,10 @@ pub(super) async fn outbox_insert(
         Err(e) => return e.into_response(),
     };
     let Some(relay) = &s.outbox else {
-        return unavailable("the outbox needs the SQLite store (store.url = sqlite://…)")
-            .into_response();
+        return unavailable(
+            "the outbox needs a database store (store.url = sqlite://… or mysql://…)",
+        )
+        .into_response();
     };
     let row = match outbox_row(req, s.max_text_chars) {
         Ok(row) => row,

@@ -11,6 +11,7 @@ mod kafka;
 mod lifecycle;
 mod limits;
 mod malformed;
+mod mysql_store;
 mod rooms;
 mod session;
 mod shared_redis;

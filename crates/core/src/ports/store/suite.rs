@@ -76,11 +76,10 @@ pub async fn message_store_suite(store: &dyn MessageStore) {
         .expect("known room");
     assert_eq!((room.epoch, room.last_seq, room.recent.len()), (3, 2, 2));
 
-    // A new epoch replaces the position.
-    store
-        .append(Arc::new(batch("suite-b", 4, 1..=1)))
-        .await
-        .expect("append");
+    // A new epoch replaces the position (a new message: `batch` numbers messages by seq).
+    let mut next = batch("suite-b", 4, 1..=1);
+    Arc::make_mut(&mut next.msgs[0]).msg_id = 4001;
+    store.append(Arc::new(next)).await.expect("append");
     store.flush().await.expect("flush");
     let room = store
         .load_room(&b, 100)
@@ -109,7 +108,45 @@ pub async fn message_store_suite(store: &dyn MessageStore) {
     assert_eq!((room.epoch, room.last_seq), (5, 0));
     assert_eq!(room.recent.len(), 3, "older messages stay");
 
+    redelivered_messages_are_stored_once(store).await;
     partition_claims(store).await;
+}
+
+/// A message the bus delivers again after a worker crashed gets a new place from the partition's
+/// next owner (a new epoch, see the worker's "untrusted" partitions), so its position cannot
+/// catch it: the store keeps one copy per `(room, msg_id)`, whatever the position, and stores
+/// the rest of the batch.
+async fn redelivered_messages_are_stored_once(store: &dyn MessageStore) {
+    let c = RoomId::parse("suite-c").expect("valid");
+    let first = Arc::new(batch("suite-c", 1, 1..=3));
+    store.append(first.clone()).await.expect("append");
+    // The next owner's epoch 2: seq 1 is message 1002 again, seq 2 a new message.
+    let mut again = batch("suite-c", 2, 1..=2);
+    Arc::make_mut(&mut again.msgs[0]).msg_id = first.msgs[1].msg_id;
+    Arc::make_mut(&mut again.msgs[1]).msg_id = 2002;
+    let again = Arc::new(again);
+    store.append(again.clone()).await.expect("append");
+    store.flush().await.expect("flush");
+    let room = store
+        .load_room(&c, 100)
+        .await
+        .expect("load")
+        .expect("known room");
+    assert_eq!(
+        (room.epoch, room.last_seq),
+        (2, 2),
+        "the position is the batch's"
+    );
+    assert_eq!(
+        room.recent.iter().map(|m| m.msg_id).collect::<Vec<_>>(),
+        [1001, 1002, 1003, 2002],
+        "1002 once, the batch's other message stored"
+    );
+    assert_eq!(
+        room.recent[1], *first.msgs[1],
+        "the copy stored first stays"
+    );
+    assert_eq!(room.recent[3], *again.msgs[1]);
 }
 
 /// Partition ownership: a clean release lets the next owner trust the positions; a missing one
