@@ -10,7 +10,7 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 
 use crate::common::*;
 
-fn kafka_url() -> String {
+pub fn kafka_url() -> String {
     std::env::var("RC_TEST_KAFKA_URL").unwrap_or_else(|_| {
         panic!(
             "RC_TEST_KAFKA_URL is not set: start the test broker with `scripts/services.sh up kafka` \

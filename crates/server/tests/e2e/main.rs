@@ -5,6 +5,7 @@ mod common;
 mod api;
 mod auth;
 mod binary;
+mod cluster;
 mod history;
 mod hostile;
 mod kafka;

@@ -18,18 +18,18 @@ fn mysql_url() -> String {
         .unwrap_or_else(|_| "mysql://roomcast:roomcast@127.0.0.1:13306/roomcast".into())
 }
 
-fn redis_url() -> String {
+pub fn redis_url() -> String {
     std::env::var("RC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:16379/".into())
 }
 
 /// A database of this test's own on the test server, dropped when the guard goes.
-struct Db {
-    url: String,
+pub struct Db {
+    pub url: String,
     name: String,
 }
 
 impl Db {
-    async fn fresh() -> Db {
+    pub async fn fresh() -> Db {
         let base = mysql_url();
         let mut admin = sqlx::MySqlConnection::connect(&base)
             .await
@@ -72,7 +72,7 @@ impl Db {
             .get(0)
     }
 
-    async fn drop_it(self) {
+    pub async fn drop_it(self) {
         let mut admin = sqlx::MySqlConnection::connect(&mysql_url()).await.unwrap();
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {}", self.name)))
             .execute(&mut admin)

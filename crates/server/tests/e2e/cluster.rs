@@ -1,0 +1,259 @@
+//! The distributed mode in one test process: real roles (`roomcast_server::roles`) on the real
+//! services — etcd, Redis, MariaDB and the Kafka broker (`scripts/services.sh up`) — each test
+//! with its own etcd prefix, Redis key prefix, database and topic. The roles talk gRPC over
+//! loopback exactly as separate processes do; `scripts/cluster.sh` runs them as processes.
+
+use roomcast_server::config::Config;
+use roomcast_server::roles::{self, Role, RoleRunning};
+
+use crate::common::*;
+use crate::kafka::kafka_url;
+use crate::mysql_store::{Db, redis_url};
+
+fn etcd_url() -> String {
+    std::env::var("RC_TEST_ETCD_URL").unwrap_or_else(|_| {
+        panic!(
+            "RC_TEST_ETCD_URL is not set: start etcd with `scripts/services.sh up etcd` and \
+             `eval \"$(scripts/services.sh env)\"`"
+        )
+    })
+}
+
+/// One cluster's shared settings.
+struct Cluster {
+    id: String,
+    db: Db,
+    dirs: Vec<tempfile::TempDir>,
+    nodes: u16,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        Cluster {
+            id: format!("{:012x}", fastrand::u64(..) >> 16),
+            db: Db::fresh().await,
+            dirs: Vec::new(),
+            nodes: 0,
+        }
+    }
+
+    fn config(&mut self, node: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = test_config(dir.path());
+        self.dirs.push(dir);
+        self.nodes += 1;
+        c.node_id = Some(format!("{node}-{}", self.id));
+        c.redis.url = Some(redis_url());
+        c.redis.key_prefix = format!("cl:{}:", self.id);
+        c.store.url = Some(self.db.url.clone());
+        c.bus.url = kafka_url();
+        c.bus.topic = format!("cl-{}", self.id);
+        c.bus.group = format!("cl-{}", self.id);
+        c.bus.partitions = 2;
+        c.cluster.etcd_url = Some(etcd_url());
+        c.cluster.etcd_prefix = format!("/rc-{}/", self.id);
+        c.cluster.lease_ttl_s = 3;
+        // Ids made on different nodes never collide.
+        c.ingest.node_number = self.nodes;
+        // Tests chat faster than people do.
+        c.ingest.user_limit.rate = 1000.0;
+        c.ingest.user_limit.burst = 1000.0;
+        c.api.keys = vec![API_KEY.into()];
+        c
+    }
+
+    async fn start(&mut self, role: Role, node: &str) -> RoleRunning {
+        let config = self.config(node);
+        roles::start(role, config)
+            .await
+            .unwrap_or_else(|e| panic!("{node} starts: {e:#}"))
+    }
+}
+
+async fn client(gw: &RoleRunning, user: &str) -> Client {
+    let mut c = Client::connect(
+        &format!("ws://{}/ws", gw.addr),
+        roomcast_proto::Wire::JsonText,
+    )
+    .await;
+    let ok = c.login(&token_for(user, Some(user), 3600)).await;
+    assert_eq!(ok.op, "login_ok", "{ok:?}");
+    c
+}
+
+/// Messages delivered to a gateway's clients (every message of every batch it was pushed).
+fn delivered(gw: &RoleRunning) -> u64 {
+    gw.metrics.delivery_latency.count()
+}
+
+fn texts(msgs: &[serde_json::Value]) -> Vec<(String, u64)> {
+    msgs.iter()
+        .map(|m| {
+            (
+                m["text"].as_str().unwrap().to_owned(),
+                m["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Clients on two gateways in one room receive every message once, in the same order; a room
+/// whose members are all on one gateway causes no push to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_gateways_one_room_every_message_once_in_one_order() {
+    let mut cl = Cluster::new().await;
+    let ingest = cl.start(Role::Ingest, "ingest1").await;
+    let worker = cl.start(Role::Worker, "worker1").await;
+    let a = cl.start(Role::Gateway, "gw-a").await;
+    let b = cl.start(Role::Gateway, "gw-b").await;
+
+    let (mut alice, mut bob) = (client(&a, "alice").await, client(&b, "bob").await);
+    assert_eq!(alice.join("c").await.op, "join_ok");
+    assert_eq!(bob.join("c").await.op, "join_ok");
+    // Both write, from both gateways.
+    let mut sent = Vec::new();
+    for i in 1..=6 {
+        let (who, text) = if i % 2 == 0 {
+            (&mut bob, format!("b{i}"))
+        } else {
+            (&mut alice, format!("a{i}"))
+        };
+        let ok = who.chat("c", &text).await;
+        assert_eq!(ok.op, "chat_ok", "{ok:?}");
+        sent.push(text);
+    }
+    let at_a = texts(&alice.room_msgs(6).await);
+    let at_b = texts(&bob.room_msgs(6).await);
+    assert_eq!(at_a, at_b, "one order for everyone");
+    assert_eq!(
+        at_a.iter().map(|(_, s)| *s).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5, 6],
+        "every message once, seq 1..6"
+    );
+    let mut got: Vec<String> = at_a.into_iter().map(|(t, _)| t).collect();
+    got.sort();
+    sent.sort();
+    assert_eq!(got, sent);
+
+    // A room whose only member is on a: nothing is pushed to b.
+    let before = delivered(&b);
+    let mut carol = client(&a, "carol").await;
+    carol.join("solo").await;
+    for i in 1..=3 {
+        assert_eq!(carol.chat("solo", &format!("s{i}")).await.op, "chat_ok");
+    }
+    assert_eq!(carol.room_msgs(3).await.len(), 3);
+    // Anything for b would have been pushed before carol's copy (one pass per batch).
+    assert_eq!(
+        delivered(&b),
+        before,
+        "b has no member of 'solo': zero pushes"
+    );
+    for c in [&alice, &bob] {
+        assert!(
+            !c.inbox().iter().any(|p| p.op == "room_msg"),
+            "nothing twice: {:?}",
+            c.inbox()
+        );
+    }
+
+    // A join on b sees the history the worker listed (Redis), then the store.
+    let mut dave = client(&b, "dave").await;
+    let joined = dave.join("solo").await;
+    let history: Vec<&str> = joined.body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(history, ["s1", "s2", "s3"]);
+    assert_eq!(joined.body["last_seq"], 3);
+
+    for r in [a, b, worker, ingest] {
+        r.shutdown().await.expect("clean shutdown");
+    }
+    cl.db.drop_it().await;
+}
+
+/// An API call to a gateway of the cluster (every node of a test shares one API key).
+async fn api(
+    gw: &RoleRunning,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {API_KEY}");
+    let text = body.to_string();
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/json"),
+    ];
+    let (status, _, reply) =
+        http(gw.addr, method, &format!("/api/v1{path}"), &headers, &text).await;
+    (
+        status,
+        serde_json::from_str(&reply).unwrap_or(serde_json::Value::String(reply)),
+    )
+}
+
+const API_KEY: &str = "cluster-test-api-key-0123456789";
+
+/// The server API on one gateway reaches a user on the other: a critical message arrives and
+/// is acknowledged there, and a ban disconnects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_api_on_one_gateway_reaches_users_on_the_other() {
+    let mut cl = Cluster::new().await;
+    let ingest = cl.start(Role::Ingest, "ingest1").await;
+    let a = cl.start(Role::Gateway, "gw-a").await;
+    let b = cl.start(Role::Gateway, "gw-b").await;
+    let mut erin = client(&b, "erin").await;
+
+    let (status, reply) = api(
+        &a,
+        "POST",
+        "/critical",
+        serde_json::json!({"user_ids": ["erin"], "kind": "system", "text": "hello from a"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    assert_eq!(
+        reply["online"], 1,
+        "a found erin on b through presence: {reply}"
+    );
+    let m = erin.expect("critical").await;
+    assert_eq!(m.body["text"], "hello from a");
+    erin.send(
+        roomcast_proto::Op::Ack,
+        serde_json::json!({"msg_id": m.body["msg_id"]}),
+    )
+    .await;
+    let acks = b.gateway.as_ref().unwrap().deps().acks.clone();
+    let user = roomcast_core::ids::UserId::parse("erin").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !acks.pending(&user).await.unwrap().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the ack clears the pending entry"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+
+    let (status, reply) = api(
+        &a,
+        "PUT",
+        "/users/erin/ban",
+        serde_json::json!({"reason": "spam"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["closed_connections"], 1, "{reply}");
+    assert_eq!(
+        erin.ended().await,
+        Ended::Close(4003, "banned: spam".into())
+    );
+
+    for r in [a, b, ingest] {
+        r.shutdown().await.expect("clean shutdown");
+    }
+    cl.db.drop_it().await;
+}
