@@ -267,6 +267,10 @@ pub struct BusConfig {
     /// Kafka: how long a message may take to be acknowledged by the brokers before its `chat`
     /// fails with `unavailable`; also the bound of an offset commit.
     pub delivery_timeout_ms: u64,
+    /// Kafka: the longest a worker's fetch waits at the broker when there is nothing to read
+    /// (Kafka answers at once when records arrive; a broker that does not adds up to this to
+    /// every message's latency).
+    pub fetch_wait_ms: u64,
 }
 
 impl Default for BusConfig {
@@ -279,6 +283,7 @@ impl Default for BusConfig {
             replication: 1,
             linger_ms: 5,
             delivery_timeout_ms: 5000,
+            fetch_wait_ms: 20,
         }
     }
 }
@@ -522,6 +527,7 @@ impl Config {
         o.replication = b.replication;
         o.linger_ms = b.linger_ms;
         o.delivery_timeout_ms = b.delivery_timeout_ms;
+        o.fetch_wait_ms = b.fetch_wait_ms;
         o.validate().map_err(|e| anyhow::anyhow!("bus: {e}"))?;
         Ok(BusUrl::Kafka(o))
     }

@@ -291,6 +291,7 @@ impl KafkaConsumer {
             // librdkafka prefetches up to 64 MB per consumer by default; a worker process
             // has several.
             .set("queued.max.messages.kbytes", "8192")
+            .set("fetch.wait.max.ms", opts.fetch_wait_ms.to_string())
             .create_with_context(ctx)
             .map_err(|e| KafkaSetupError::Client(e.to_string()))?;
         consumer

@@ -58,6 +58,11 @@ pub struct KafkaOptions {
     pub linger_ms: u64,
     /// The longest a publish waits for its delivery report (and a commit for the broker).
     pub delivery_timeout_ms: u64,
+    /// The longest a consumer's fetch waits at the broker for records (`fetch.wait.max.ms`).
+    /// Kafka answers as soon as a record arrives, so this only bounds idle fetches; a broker
+    /// that does not wake waiting fetches (tansu) adds up to this much to every message's
+    /// latency.
+    pub fetch_wait_ms: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +89,7 @@ impl KafkaOptions {
             replication: 1,
             linger_ms: 5,
             delivery_timeout_ms: 5000,
+            fetch_wait_ms: 20,
         })
     }
 
@@ -115,6 +121,12 @@ impl KafkaOptions {
         }
         if self.replication == 0 {
             return bad("replication must be at least 1".into());
+        }
+        if !(1..=10_000).contains(&self.fetch_wait_ms) {
+            return bad(format!(
+                "fetch_wait_ms {}: between 1 and 10000",
+                self.fetch_wait_ms
+            ));
         }
         if self.linger_ms > 1000 {
             return bad(format!("linger_ms {}: at most 1000", self.linger_ms));
