@@ -81,7 +81,7 @@ export interface ClientEvents {
   joined: CustomEvent<JoinOk>;
   gap: CustomEvent<{ room_id: string; epoch: number }>;
   servererror: CustomEvent<ErrorBody>;
-  kicked: CustomEvent<{ code: string; reason: string }>;
+  kicked: CustomEvent<{ code: string; reason: string; reconnect?: string[] }>;
   reconnecting: CustomEvent<{ attempt: number; delay_ms: number; reason: string }>;
   close: CustomEvent<{ code: number; reason: string; willReconnect: boolean }>;
 }

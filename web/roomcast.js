@@ -16,7 +16,10 @@
 //   "joined"       join_ok body (history included), on first join and every re-join
 //   "gap"          {room_id, epoch}  a re-join could not fill a gap (history too short)
 //   "servererror"  error body that answers no pending request
-//   "kicked"       {code, reason}   the server closed this session on purpose (no reconnect)
+//   "kicked"       {code, reason, reconnect?}   the server closed this session on purpose: no
+//                  reconnect, except for code "draining" (a gateway restarting), after which
+//                  the client reconnects after a short random pause to one of `reconnect`
+//                  (other gateways' URLs), or to the same URL when there is none
 //   "reconnecting" {attempt, delay_ms, reason}
 //   "close"        {code, reason, willReconnect}
 //
@@ -323,6 +326,9 @@ export class RoomcastClient extends EventTarget {
         return;
       case "kicked":
         this.kicked = body;
+        if (body.code === "draining" && Array.isArray(body.reconnect) && body.reconnect.length) {
+          this.drainUrls = body.reconnect;
+        }
         this._emit("kicked", body);
         return;
       case "error":
@@ -347,6 +353,12 @@ export class RoomcastClient extends EventTarget {
     // Closed while logging in: connect() rejects and whoever called it decides.
     if (!loggedIn) return;
     const willReconnect = this.opts.reconnect && !this.closedByUser && !FINAL_CLOSES.has(code);
+    if (willReconnect && code === 1012) {
+      // A draining gateway: go to another one (rooms are re-joined with `since`).
+      if (this.drainUrls) this.url = this.drainUrls[Math.floor(Math.random() * this.drainUrls.length)];
+      this.drainUrls = null;
+      this.attempt = 0;
+    }
     this._emit("close", { code, reason, willReconnect });
     if (willReconnect) this._scheduleReconnect(`closed (${code})`);
   }

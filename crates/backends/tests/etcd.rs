@@ -58,6 +58,7 @@ async fn discovery_survives_etcd_restarting() {
         id: NodeId::new(id),
         role: NodeRole::Gateway,
         addr: format!("127.0.0.1:{}", 9000 + id.len()),
+        public_url: None,
     };
     let ttl = Duration::from_secs(30);
     let lease = etcd.register(node("gw-1"), ttl).await.unwrap();

@@ -214,6 +214,10 @@ pub struct Kicked {
     pub code: String,
     #[prost(string, tag = "2")]
     pub reason: String,
+    /// `draining`: other gateways to reconnect to (`ws://…/ws` URLs), possibly none.
+    #[prost(string, repeated, tag = "3")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reconnect: Vec<String>,
 }
 
 /// `u64` as a JSON string, accepting a string or a number on input.

@@ -19,6 +19,9 @@ pub mod close {
     pub const POLICY_VIOLATION: u16 = 1008;
     pub const MESSAGE_TOO_BIG: u16 = 1009;
     pub const INTERNAL_ERROR: u16 = 1011;
+    /// The server is restarting or draining: reconnect (to another gateway, if the `kicked`
+    /// notice named some).
+    pub const SERVICE_RESTART: u16 = 1012;
     /// No frame from the client for twice the heartbeat period.
     pub const HEARTBEAT_TIMEOUT: u16 = 4000;
     /// No successful `login` within the login timeout.

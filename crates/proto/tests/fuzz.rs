@@ -355,6 +355,7 @@ fn sample(op: Op, format: BodyFormat, out: &mut Vec<u8>) {
             &body::Kicked {
                 code: "kicked".into(),
                 reason: "spam".into(),
+                reconnect: vec!["ws://a/ws".into()],
             },
             out,
         ),

@@ -49,6 +49,7 @@ fn info(id: &str, role: NodeRole, addr: &str) -> NodeInfo {
         id: NodeId::new(id),
         role,
         addr: addr.to_owned(),
+        public_url: None,
     }
 }
 

@@ -219,6 +219,9 @@ pub struct ClusterConfig {
     pub grpc_listen: SocketAddr,
     /// The `host:port` other nodes call this node's gRPC at (default: the bound `grpc_listen`).
     pub advertise: Option<String>,
+    /// A gateway's WebSocket URL as clients reach it (default `ws://<bound listen>/ws`): handed
+    /// to the clients of a draining gateway so they reconnect to another one.
+    pub public_url: Option<String>,
     /// A node's registration lives this long without a keep-alive (a dead node is forgotten
     /// within it: no more pushes, its routes invisible).
     pub lease_ttl_s: u64,
@@ -238,6 +241,7 @@ impl Default for ClusterConfig {
             etcd_prefix: "/roomcast/".into(),
             grpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
+            public_url: None,
             lease_ttl_s: 10,
             rpc_timeout_ms: 2000,
             push_timeout_ms: 2000,
@@ -565,6 +569,7 @@ const STRING_KEYS: &[&str] = &[
     "cluster.etcd_url",
     "cluster.etcd_prefix",
     "cluster.advertise",
+    "cluster.public_url",
     "cluster.grpc_listen",
     "auth.jwt_secret",
     "auth.algorithm",

@@ -11,7 +11,9 @@
 //!
 //! Every role registers in etcd under a lease it keeps alive (a node that dies is forgotten
 //! within `cluster.lease_ttl_s`), serves `/healthz`, `/readyz` and `/metrics`, and on its stop
-//! signal deregisters first, so no one calls it any more, then stops in the standalone order.
+//! signal deregisters first, so no one calls it any more, then stops in the standalone order —
+//! a gateway drains: its clients get a `kicked` notice `draining` with the other gateways'
+//! URLs and close 1012, and reconnect there (recovering with `since`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -125,6 +127,7 @@ pub struct RoleRunning {
     pub gateway: Option<Arc<Gateway>>,
     lease: Arc<dyn NodeLease>,
     stop_lease: watch::Sender<bool>,
+    discovery: Arc<dyn Discovery>,
     stop_http: watch::Sender<bool>,
     http_task: JoinHandle<()>,
     stop_grpc: watch::Sender<bool>,
@@ -426,12 +429,20 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         }
     };
 
+    let public_url = (role == Role::Gateway).then(|| {
+        config
+            .cluster
+            .public_url
+            .clone()
+            .unwrap_or_else(|| format!("ws://{addr}/ws"))
+    });
     let (lease, stop_lease) = register(
-        discovery,
+        discovery.clone(),
         NodeInfo {
             id: node,
             role: role.node_role(),
             addr: advertise,
+            public_url,
         },
         ttl,
     )
@@ -456,6 +467,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         gateway: gateway_out,
         lease,
         stop_lease,
+        discovery,
         stop_http,
         http_task,
         stop_grpc,
@@ -489,7 +501,19 @@ impl RoleRunning {
             let _ = t.await;
         }
         if let Some(g) = &self.gateway {
-            g.shutdown(self.grace).await;
+            // Clients go to the other gateways (this one is deregistered already).
+            let others = match self.discovery.list(NodeRole::Gateway).await {
+                Ok(nodes) => nodes
+                    .into_iter()
+                    .filter(|n| &n.id != g.node())
+                    .filter_map(|n| n.public_url)
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot list the other gateways; clients reconnect on their own");
+                    Vec::new()
+                }
+            };
+            g.drain(self.grace, others).await;
             g.drop_routes().await;
         }
         let _ = self.stop_grpc.send(true);
@@ -506,6 +530,27 @@ impl RoleRunning {
         }
         tracing::info!(role = self.role.name(), "stopped");
         Ok(())
+    }
+}
+
+impl RoleRunning {
+    /// Stops the node the way a crash does, for failure tests: its keep-alives, route renewals
+    /// and servers end at once; nothing is deregistered, flushed or dropped — other nodes learn
+    /// of it only when its leases expire.
+    pub async fn kill(self) {
+        let _ = self.stop_lease.send(true);
+        let _ = self.stop_background.send(true);
+        self.http_task.abort();
+        if let Some(t) = &self.grpc_task {
+            t.abort();
+        }
+        if let Some(t) = &self.worker_task {
+            t.abort();
+        }
+        if let Some(g) = &self.gateway {
+            // Its connections die with the process.
+            g.shutdown(Duration::ZERO).await;
+        }
     }
 }
 

@@ -145,6 +145,7 @@ impl EtcdDiscovery {
             id: NodeId::new(id),
             role,
             addr: v["addr"].as_str()?.to_owned(),
+            public_url: v["public_url"].as_str().map(str::to_owned),
         })
     }
 
@@ -246,7 +247,8 @@ impl Discovery for EtcdDiscovery {
                 self.role_prefix(node.role),
                 node.id.as_str()
             ));
-            let value = B64.encode(json!({ "addr": node.addr }).to_string());
+            let value =
+                B64.encode(json!({ "addr": node.addr, "public_url": node.public_url }).to_string());
             let txn = self
                 .post(
                     "/v3/kv/txn",

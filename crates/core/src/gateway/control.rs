@@ -251,6 +251,7 @@ mod tests {
                 id: NodeId::new(id),
                 role,
                 addr: format!("{id}:1"),
+                public_url: None,
             };
             leases.push(
                 discovery

@@ -593,6 +593,7 @@ impl Gateway {
             &Kicked {
                 code: kicked_code.to_owned(),
                 reason: reason.to_owned(),
+                reconnect: Vec::new(),
             },
         );
         conn.close(
@@ -742,14 +743,42 @@ impl Gateway {
     /// Stops accepting, closes every connection with "going away", and waits for them to end
     /// (at most `grace`).
     pub async fn shutdown(&self, grace: Duration) {
+        self.close_all(grace, None).await
+    }
+
+    /// Drains the node (distributed mode): every connection gets a `kicked` notice `draining`
+    /// naming `reconnect` (other gateways' URLs) and is closed with 1012, so clients reconnect
+    /// elsewhere and recover with `since`; then as [`Gateway::shutdown`].
+    pub async fn drain(&self, grace: Duration, reconnect: Vec<String>) {
+        self.close_all(grace, Some(reconnect)).await
+    }
+
+    async fn close_all(&self, grace: Duration, reconnect: Option<Vec<String>>) {
         self.shutting_down.store(true, Relaxed);
         let conns = self.all_connections();
         for c in &conns {
-            let closing = Closing {
-                code: close::GOING_AWAY,
-                reason: "server shutting down",
-                notice: None,
-                discard: false,
+            let closing = match &reconnect {
+                None => Closing {
+                    code: close::GOING_AWAY,
+                    reason: "server shutting down",
+                    notice: None,
+                    discard: false,
+                },
+                Some(urls) => Closing {
+                    code: close::SERVICE_RESTART,
+                    reason: "server restarting",
+                    notice: Some(roomcast_proto::wire::single_frame(
+                        c.wire(),
+                        roomcast_proto::Op::Kicked,
+                        0,
+                        &Kicked {
+                            code: "draining".into(),
+                            reason: "server restarting; reconnect".into(),
+                            reconnect: urls.clone(),
+                        },
+                    )),
+                    discard: false,
+                },
             };
             c.close(closing, &self.limits, &self.deps.metrics, self.clock_ms());
         }

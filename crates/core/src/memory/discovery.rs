@@ -214,6 +214,7 @@ mod tests {
             id: NodeId::new("gw-1"),
             role: NodeRole::Gateway,
             addr: "10.0.0.1:9000".into(),
+            public_url: None,
         };
         let _lease = d
             .register(info.clone(), Duration::from_secs(3))

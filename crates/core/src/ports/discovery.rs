@@ -33,6 +33,9 @@ pub struct NodeInfo {
     pub id: NodeId,
     pub role: NodeRole,
     pub addr: String,
+    /// Where clients connect (a gateway's `ws://…/ws` URL): handed to clients of a draining
+    /// gateway so they reconnect to another one.
+    pub public_url: Option<String>,
 }
 
 /// A node came or went.

@@ -63,7 +63,17 @@ impl Cluster {
     }
 
     async fn start(&mut self, role: Role, node: &str) -> RoleRunning {
-        let config = self.config(node);
+        self.start_with(role, node, |_| {}).await
+    }
+
+    async fn start_with(
+        &mut self,
+        role: Role,
+        node: &str,
+        tweak: impl FnOnce(&mut Config),
+    ) -> RoleRunning {
+        let mut config = self.config(node);
+        tweak(&mut config);
         roles::start(role, config)
             .await
             .unwrap_or_else(|e| panic!("{node} starts: {e:#}"))
@@ -253,6 +263,191 @@ async fn the_api_on_one_gateway_reaches_users_on_the_other() {
     );
 
     for r in [a, b, ingest] {
+        r.shutdown().await.expect("clean shutdown");
+    }
+    cl.db.drop_it().await;
+}
+
+/// A gateway that dies without draining: within its leases' TTL its routes are gone and no
+/// worker pushes to it any more, and the room goes on for the members on the other gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_gateway_is_forgotten_within_its_lease() {
+    let mut cl = Cluster::new().await;
+    let ingest = cl.start(Role::Ingest, "ingest1").await;
+    let worker = cl.start(Role::Worker, "worker1").await;
+    let a = cl
+        .start_with(Role::Gateway, "gw-a", |c| c.gateway.route_lease_s = 2)
+        .await;
+    let b = cl
+        .start_with(Role::Gateway, "gw-b", |c| c.gateway.route_lease_s = 2)
+        .await;
+    let (mut alice, mut bob) = (client(&a, "alice").await, client(&b, "bob").await);
+    alice.join("d").await;
+    bob.join("d").await;
+    assert_eq!(alice.chat("d", "before").await.op, "chat_ok");
+    assert_eq!(texts(&bob.room_msgs(1).await), [("before".to_owned(), 1)]);
+    assert_eq!(texts(&alice.room_msgs(1).await), [("before".to_owned(), 1)]);
+
+    let redis =
+        roomcast_backends::redis::RedisConn::connect(&redis_url(), &format!("cl:{}:", cl.id))
+            .await
+            .unwrap();
+    let routes = roomcast_backends::redis::RedisRouteTable::new(redis);
+    let room = roomcast_core::ids::RoomId::parse("d").unwrap();
+    use roomcast_core::ports::RouteTable;
+    assert_eq!(routes.nodes(&room).await.unwrap().len(), 2);
+
+    let b_id = b.gateway.as_ref().unwrap().node().clone();
+    b.kill().await;
+    // Route leases of 2 s and a node lease of 3 s: both gone well within 10 s.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let nodes = routes.nodes(&room).await.unwrap();
+        if !nodes.contains(&b_id) {
+            assert_eq!(nodes.len(), 1, "a stays");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "b's routes outlived its lease"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The room goes on on a, and the worker's pushes stop finding b.
+    for i in 2..=4 {
+        assert_eq!(alice.chat("d", &format!("after{i}")).await.op, "chat_ok");
+    }
+    assert_eq!(
+        texts(&alice.room_msgs(3).await)
+            .iter()
+            .map(|(_, s)| *s)
+            .collect::<Vec<_>>(),
+        [2, 3, 4]
+    );
+    for r in [a, worker, ingest] {
+        r.shutdown().await.expect("clean shutdown");
+    }
+    cl.db.drop_it().await;
+}
+
+/// A user's chat limit holds across ingest nodes: the gateway spreads chats over both, and the
+/// bucket is one (Redis), so the burst is the burst whichever node takes a message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rate_limit_holds_across_two_ingest_nodes() {
+    let mut cl = Cluster::new().await;
+    let strict = |c: &mut Config| {
+        c.ingest.user_limit.rate = 0.01;
+        c.ingest.user_limit.burst = 4.0;
+    };
+    let i1 = cl.start_with(Role::Ingest, "ingest1", strict).await;
+    let i2 = cl.start_with(Role::Ingest, "ingest2", strict).await;
+    let gw = cl.start(Role::Gateway, "gw-a").await;
+    let mut frank = client(&gw, "frank").await;
+    frank.join("lim").await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for i in 0..10 {
+        let r = frank.chat("lim", &format!("m{i}")).await;
+        match r.op.as_str() {
+            "chat_ok" => ok += 1,
+            "error" if r.body["code"] == "rate_limited" => {
+                limited += 1;
+                assert!(r.body["retry_after_ms"].as_u64().unwrap() > 0, "{r:?}");
+            }
+            _ => panic!("unexpected answer {r:?}"),
+        }
+    }
+    assert_eq!((ok, limited), (4, 6), "burst 4 in all, not 4 per node");
+    // Both nodes took chats (round robin), and each refused some: one bucket between them.
+    use roomcast_core::metrics::DropReason;
+    for n in [&i1, &i2] {
+        let took = n.metrics.messages_in.get() + n.metrics.dropped(DropReason::RateLimited);
+        assert_eq!(took, 5, "each node took half of the chats");
+    }
+    assert_eq!(
+        i1.metrics.messages_in.get() + i2.metrics.messages_in.get(),
+        4,
+        "accepted in all"
+    );
+    for r in [gw, i1, i2] {
+        r.shutdown().await.expect("clean shutdown");
+    }
+    cl.db.drop_it().await;
+}
+
+/// A gateway draining (SIGTERM): its clients get `kicked` `draining` naming the other gateway
+/// and close 1012; one that reconnects there and re-joins with `since` recovers what was sent
+/// meanwhile, and the drained gateway's routes are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_gateway_sends_its_clients_to_the_other() {
+    let mut cl = Cluster::new().await;
+    let ingest = cl.start(Role::Ingest, "ingest1").await;
+    let worker = cl.start(Role::Worker, "worker1").await;
+    let a = cl.start(Role::Gateway, "gw-a").await;
+    let b = cl.start(Role::Gateway, "gw-b").await;
+    let (mut alice, mut bob) = (client(&a, "alice").await, client(&b, "bob").await);
+    alice.join("dr").await;
+    bob.join("dr").await;
+    assert_eq!(alice.chat("dr", "one").await.op, "chat_ok");
+    let got = bob.room_msgs(1).await;
+    let (epoch, seq) = (got[0]["epoch"].clone(), got[0]["seq"].as_u64().unwrap());
+    alice.room_msgs(1).await;
+
+    let a_url = format!("ws://{}/ws", a.addr);
+    let b_id = b.gateway.as_ref().unwrap().node().clone();
+    let drained = tokio::spawn(b.shutdown());
+    let kicked = bob.expect("kicked").await;
+    assert_eq!(kicked.body["code"], "draining");
+    assert_eq!(
+        kicked.body["reconnect"],
+        serde_json::json!([a_url]),
+        "the other gateway"
+    );
+    assert_eq!(
+        bob.ended().await,
+        Ended::Close(1012, "server restarting".into())
+    );
+    drained.await.unwrap().expect("clean drain");
+
+    // Sent while bob was away.
+    for t in ["two", "three"] {
+        assert_eq!(alice.chat("dr", t).await.op, "chat_ok");
+    }
+    alice.room_msgs(2).await;
+    let mut bob = Client::connect(&a_url, roomcast_proto::Wire::JsonText).await;
+    assert_eq!(
+        bob.login(&token_for("bob", Some("bob"), 3600)).await.op,
+        "login_ok"
+    );
+    let rejoined = bob
+        .call(
+            roomcast_proto::Op::Join,
+            serde_json::json!({"room_id": "dr", "since": {"epoch": epoch, "seq": seq}}),
+        )
+        .await;
+    assert_eq!(rejoined.body["recovered"], true, "{rejoined:?}");
+    let missed: Vec<&str> = rejoined.body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(missed, ["two", "three"], "exactly what was missed");
+
+    let redis =
+        roomcast_backends::redis::RedisConn::connect(&redis_url(), &format!("cl:{}:", cl.id))
+            .await
+            .unwrap();
+    use roomcast_core::ports::RouteTable;
+    let nodes = roomcast_backends::redis::RedisRouteTable::new(redis)
+        .nodes(&roomcast_core::ids::RoomId::parse("dr").unwrap())
+        .await
+        .unwrap();
+    assert!(
+        !nodes.contains(&b_id),
+        "the drained gateway dropped its routes: {nodes:?}"
+    );
+    for r in [a, worker, ingest] {
         r.shutdown().await.expect("clean shutdown");
     }
     cl.db.drop_it().await;

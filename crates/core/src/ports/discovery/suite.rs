@@ -11,6 +11,7 @@ pub async fn discovery_suite(discovery: &dyn crate::ports::Discovery, ttl: std::
         id: node_id(&p, name),
         role,
         addr: format!("10.0.0.{port}:9000"),
+        public_url: None,
     };
     let (gw1, gw2, gw3) = (
         info("gw1", NodeRole::Gateway, 1),
