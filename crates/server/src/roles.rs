@@ -23,7 +23,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use roomcast_backends::etcd::EtcdDiscovery;
 use roomcast_backends::kafka::KafkaBus;
-use roomcast_backends::mysql::{MysqlOptions, MysqlStore};
+use roomcast_backends::mysql::{MysqlOptions, MysqlOutbox, MysqlStore};
 use roomcast_backends::redis::{
     RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRecent,
     RedisRouteTable,
@@ -36,6 +36,7 @@ use roomcast_core::ingest::filter::WordFilter;
 use roomcast_core::ingest::ids::IdGenerator;
 use roomcast_core::ingest::{Ingest, IngestService};
 use roomcast_core::metrics::Metrics;
+use roomcast_core::outbox::{OutboxRelay, OutboxStore, RelayConfig};
 use roomcast_core::ports::{Discovery, MessageStore, NodeInfo, NodeLease, NodeRole};
 use roomcast_core::remote_history::RemoteHistory;
 use roomcast_core::worker::RoomWorker;
@@ -95,8 +96,9 @@ fn needs(role: Role, config: &Config) -> anyhow::Result<Needs> {
         bail!("roomcast {what} needs redis.url");
     };
     let mysql_url = match (role, config.store_url()?) {
-        (Role::Ingest, _) => None,
         (_, StoreUrl::Mysql(url)) => Some(url),
+        // Ingest uses the database for the outbox only (none without it).
+        (Role::Ingest, _) => None,
         _ => bail!("roomcast {what} needs store.url = mysql://… (the store every node shares)"),
     };
     let kafka = match (role, config.bus_url()?) {
@@ -134,6 +136,8 @@ pub struct RoleRunning {
     grpc_task: Option<JoinHandle<()>>,
     stop_worker: watch::Sender<bool>,
     worker_task: Option<JoinHandle<()>>,
+    stop_relay: watch::Sender<bool>,
+    relay_task: Option<JoinHandle<()>>,
     stop_background: watch::Sender<bool>,
     store: Option<Arc<dyn MessageStore>>,
     shutting_down: Arc<AtomicBool>,
@@ -212,7 +216,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         .await
         .context("redis.url")?;
     let store: Option<Arc<dyn MessageStore>> = match &needs.mysql_url {
-        Some(url) => Some(Arc::new(
+        Some(url) if role != Role::Ingest => Some(Arc::new(
             MysqlStore::open(
                 url,
                 MysqlOptions {
@@ -224,8 +228,22 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             .await
             .context("store.url")?,
         )),
-        None => None,
+        _ => None,
     };
+    // The transactional outbox beside the messages: gateways' APIs write rows, the relay on
+    // the ingest nodes (one at a time, under the outbox lease) publishes them.
+    let outbox_store: Option<Arc<dyn OutboxStore>> = match &needs.mysql_url {
+        Some(url) if role != Role::Worker => {
+            Some(Arc::new(MysqlOutbox::open(url).await.context("store.url")?))
+        }
+        _ => None,
+    };
+    let relay_config = RelayConfig {
+        holder: format!("{}-{}", config.node_id(), std::process::id()),
+        ..RelayConfig::default()
+    };
+    let (stop_relay, stop_relay_rx) = watch::channel(false);
+    let mut relay_task = None;
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ready = {
         let (shutting_down, store) = (shutting_down.clone(), store.clone());
@@ -335,13 +353,23 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                 Arc::new(crate::api::ApiState {
                     gateway: gateway.clone(),
                     control,
-                    ingest,
+                    ingest: ingest.clone(),
                     max_text_chars: config.ingest.max_text_chars,
                     // Critical messages' ids: `ingest.node_number` must be unique per node.
                     ids: Arc::new(IdGenerator::new(config.ingest.node_number)),
                     keys: api_keys,
-                    // The outbox relay runs beside the bus, on ingest nodes.
-                    outbox: None,
+                    // Rows are written here; the relay that publishes them runs on the ingest
+                    // nodes (this one is never run: its `wake` reaches no one, and the ingest
+                    // relay polls every `idle_poll`).
+                    outbox: outbox_store.clone().map(|store| {
+                        let ids = Arc::new(IdGenerator::new(config.ingest.node_number));
+                        Arc::new(OutboxRelay::new(
+                            relay_config.clone(),
+                            store,
+                            ingest.clone(),
+                            move || ids.next(),
+                        ))
+                    }),
                 }),
             );
             gateway_out = Some(gateway);
@@ -366,6 +394,16 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                 filter,
                 metrics.clone(),
             ));
+            if let Some(store) = outbox_store.clone() {
+                let ids = ingest.ids();
+                let relay =
+                    OutboxRelay::new(relay_config.clone(), store, ingest.clone(), move || {
+                        ids.next()
+                    });
+                relay_task = Some(tokio::spawn(async move {
+                    relay.run(wait_true(stop_relay_rx)).await
+                }));
+            }
             let (l, advertise) = grpc_listener(&config).await?;
             grpc_addr = Some(l.local_addr()?);
             let service = IngestServer::service(ingest);
@@ -474,6 +512,8 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         grpc_task,
         stop_worker,
         worker_task,
+        stop_relay,
+        relay_task,
         stop_background,
         store,
         shutting_down,
@@ -496,6 +536,11 @@ impl RoleRunning {
             tokio::time::sleep(self.drain).await;
         }
         let _ = self.stop_http.send(true);
+        // The relay before the bus goes (unpublished rows wait for the next relay).
+        let _ = self.stop_relay.send(true);
+        if let Some(t) = self.relay_task {
+            let _ = t.await;
+        }
         let _ = self.stop_worker.send(true);
         if let Some(t) = self.worker_task {
             let _ = t.await;
@@ -545,6 +590,9 @@ impl RoleRunning {
             t.abort();
         }
         if let Some(t) = &self.worker_task {
+            t.abort();
+        }
+        if let Some(t) = &self.relay_task {
             t.abort();
         }
         if let Some(g) = &self.gateway {

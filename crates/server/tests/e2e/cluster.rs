@@ -452,3 +452,44 @@ async fn a_draining_gateway_sends_its_clients_to_the_other() {
     }
     cl.db.drop_it().await;
 }
+
+/// The transactional outbox across the cluster: a row written through one gateway's API is
+/// published by the relay on an ingest node and reaches the room's members on the other
+/// gateway once; the worker's store marks it sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_outbox_row_written_on_one_gateway_reaches_the_room_on_the_other() {
+    let mut cl = Cluster::new().await;
+    let ingest = cl.start(Role::Ingest, "ingest1").await;
+    let worker = cl.start(Role::Worker, "worker1").await;
+    let a = cl.start(Role::Gateway, "gw-a").await;
+    let b = cl.start(Role::Gateway, "gw-b").await;
+    let mut viewer = client(&b, "viewer").await;
+    viewer.join("paid").await;
+    let (status, reply) = api(
+        &a,
+        "POST",
+        "/outbox",
+        serde_json::json!({"room_id": "paid", "kind": "gift", "text": "a yacht!", "user_id": "whale"}),
+    )
+    .await;
+    assert_eq!(status, 202, "{reply}");
+    let m = viewer.expect("room_msg").await.body;
+    assert_eq!(
+        (m["kind"].as_str(), m["text"].as_str()),
+        (Some("gift"), Some("a yacht!"))
+    );
+    let msg_id: u64 = m["msg_id"].as_str().unwrap().parse().unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while cl.db.outbox_pending().await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the row is marked sent"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(cl.db.stored(msg_id).await, 1, "stored once");
+    for r in [a, b, worker, ingest] {
+        r.shutdown().await.expect("clean shutdown");
+    }
+    cl.db.drop_it().await;
+}

@@ -55,7 +55,7 @@ impl Db {
     }
 
     /// Stored copies of a message.
-    async fn stored(&self, msg_id: u64) -> i64 {
+    pub async fn stored(&self, msg_id: u64) -> i64 {
         sqlx::query("SELECT COUNT(*) FROM room_chat_message WHERE msg_id = ?")
             .bind(msg_id)
             .fetch_one(&mut self.conn().await)
@@ -64,7 +64,7 @@ impl Db {
             .get(0)
     }
 
-    async fn outbox_pending(&self) -> i64 {
+    pub async fn outbox_pending(&self) -> i64 {
         sqlx::query("SELECT COUNT(*) FROM room_chat_outbox WHERE sent_at IS NULL")
             .fetch_one(&mut self.conn().await)
             .await
