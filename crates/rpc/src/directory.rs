@@ -101,13 +101,19 @@ impl NodeDirectory {
         self.nodes.read().get(node).map(|p| p.channel.clone())
     }
 
-    /// Every known node, sorted by id.
-    pub fn all(&self) -> Vec<(NodeId, Channel)> {
-        self.nodes
-            .read()
-            .iter()
+    /// Whether the node is known (cheaper than [`NodeDirectory::channel`]).
+    pub fn contains(&self, node: &NodeId) -> bool {
+        self.nodes.read().contains_key(node)
+    }
+
+    /// The `k`-th node (modulo how many there are), for spreading calls; `None` when empty.
+    pub fn pick(&self, k: usize) -> Option<(NodeId, Channel)> {
+        let nodes = self.nodes.read();
+        let n = nodes.len();
+        (n > 0)
+            .then(|| nodes.iter().nth(k % n))
+            .flatten()
             .map(|(id, p)| (id.clone(), p.channel.clone()))
-            .collect()
     }
 
     pub fn len(&self) -> usize {

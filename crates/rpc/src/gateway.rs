@@ -190,7 +190,7 @@ impl Delivery for GrpcDelivery {
         node: &NodeId,
         batch: Arc<RoomBatch>,
     ) -> BoxFut<'_, Result<(), DeliveryError>> {
-        let r = if self.nodes.channel(node).is_none() {
+        let r = if !self.nodes.contains(node) {
             Err(DeliveryError::UnknownNode(node.clone()))
         } else {
             let bytes = self.encoded(&batch);

@@ -77,18 +77,19 @@ impl IngestClient {
 impl Ingest for IngestClient {
     fn submit(&self, req: ChatRequest) -> BoxFut<'_, Result<Accepted, IngestError>> {
         Box::pin(async move {
-            let nodes = self.nodes.all();
-            if nodes.is_empty() {
-                return Err(IngestError::Unavailable("no ingest node is up".into()));
-            }
             let req = convert::submit_request(&req);
             // Round robin; a second try goes to the next node.
             let start = self.next.fetch_add(1, Ordering::Relaxed);
-            let tries = nodes.len().min(2);
+            let tries = self.nodes.len().min(2);
+            if tries == 0 {
+                return Err(IngestError::Unavailable("no ingest node is up".into()));
+            }
             let mut last = None;
             for i in 0..tries {
-                let (node, channel) = &nodes[(start + i) % nodes.len()];
-                match self.call(channel.clone(), req.clone()).await {
+                let Some((node, channel)) = self.nodes.pick(start + i) else {
+                    break;
+                };
+                match self.call(channel, req.clone()).await {
                     Ok(reply) => return convert::ingest_result(reply),
                     // The request itself is wrong: another node would say the same.
                     Err(s) if s.code() == tonic::Code::InvalidArgument => {

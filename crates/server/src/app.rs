@@ -344,48 +344,27 @@ pub async fn start_with_handlers(
             }
         })
     };
-    let api_keys = if config.api.keys.is_empty() {
-        let key = secret::load_or_create_file(&config.data_dir, secret::API_KEY_FILE)?;
-        vec![String::from_utf8_lossy(&key).into_owned()]
-    } else {
-        config.api.keys.clone()
-    };
-    let app = http::router(
-        Arc::new(HttpState {
-            gateway: gateway.clone(),
-            dev_token_ttl_s: config.dev.token_ttl_s,
-            ready,
-            dev_limit: config.dev.rate_limit,
-            dev_bucket: parking_lot::Mutex::new(Bucket::new(&config.dev.rate_limit, 0)),
-            started: std::time::Instant::now(),
-            allowed_origins: config.http.allowed_origins.clone(),
-        }),
-        http::Routes {
-            dev_endpoints: config.dev.endpoints_on(config.listen),
-            echo: config.dev.echo,
-        },
-        Arc::new(crate::api::ApiState {
+    let app = gateway_router(
+        &config,
+        gateway.clone(),
+        ready,
+        crate::api::ApiState {
             gateway: gateway.clone(),
             control: Arc::new(LocalControl::new(gateway.clone())),
             max_text_chars: config.ingest.max_text_chars,
             ids: api_ingest.ids(),
             ingest: api_ingest,
-            keys: api_keys,
+            keys: api_keys(&config)?,
             outbox,
-        }),
+        },
     );
     let (stop_http, stop_http_rx) = watch::channel(false);
-    let limits = http::ServeLimits {
-        conns: Arc::new(http::ConnLimits::new(
-            config.http.connection_cap(),
-            config.http.max_connections_per_ip,
-            metrics.clone(),
-        )),
-        header_timeout: Duration::from_millis(config.http.header_timeout_ms),
-        request_timeout: Duration::from_millis(config.http.request_timeout_ms),
-        metrics: metrics.clone(),
-    };
-    let http_task = tokio::spawn(http::serve(listener, app, limits, wait_true(stop_http_rx)));
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        app,
+        serve_limits(&config, &metrics),
+        wait_true(stop_http_rx),
+    ));
 
     Ok(Running {
         addr,
@@ -441,6 +420,55 @@ impl Running {
             .await
             .context("cannot flush the message store")?;
         Ok(())
+    }
+}
+
+/// The server API's keys: the configured ones, else one generated once into the data directory.
+pub(crate) fn api_keys(config: &Config) -> anyhow::Result<Vec<String>> {
+    if config.api.keys.is_empty() {
+        let key = secret::load_or_create_file(&config.data_dir, secret::API_KEY_FILE)?;
+        Ok(vec![String::from_utf8_lossy(&key).into_owned()])
+    } else {
+        Ok(config.api.keys.clone())
+    }
+}
+
+/// A gateway's HTTP routes (WebSocket, demo page, dev endpoints, health, metrics, the API).
+pub(crate) fn gateway_router(
+    config: &Config,
+    gateway: Arc<Gateway>,
+    ready: Arc<dyn Fn() -> Result<(), String> + Send + Sync>,
+    api: crate::api::ApiState,
+) -> axum::Router {
+    http::router(
+        Arc::new(HttpState {
+            gateway,
+            dev_token_ttl_s: config.dev.token_ttl_s,
+            ready,
+            dev_limit: config.dev.rate_limit,
+            dev_bucket: parking_lot::Mutex::new(Bucket::new(&config.dev.rate_limit, 0)),
+            started: std::time::Instant::now(),
+            allowed_origins: config.http.allowed_origins.clone(),
+        }),
+        http::Routes {
+            dev_endpoints: config.dev.endpoints_on(config.listen),
+            echo: config.dev.echo,
+        },
+        Arc::new(api),
+    )
+}
+
+/// The listener's limits (`[http]`).
+pub(crate) fn serve_limits(config: &Config, metrics: &Arc<Metrics>) -> http::ServeLimits {
+    http::ServeLimits {
+        conns: Arc::new(http::ConnLimits::new(
+            config.http.connection_cap(),
+            config.http.max_connections_per_ip,
+            metrics.clone(),
+        )),
+        header_timeout: Duration::from_millis(config.http.header_timeout_ms),
+        request_timeout: Duration::from_millis(config.http.request_timeout_ms),
+        metrics: metrics.clone(),
     }
 }
 

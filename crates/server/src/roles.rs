@@ -28,7 +28,6 @@ use roomcast_backends::redis::{
     RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRecent,
     RedisRouteTable,
 };
-use roomcast_core::gateway::limits::Bucket;
 use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, RoutedControl};
 use roomcast_core::history::History;
 use roomcast_core::ids::NodeId;
@@ -47,10 +46,10 @@ use roomcast_rpc::{
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::{listen, wait_true};
+use crate::app::{api_keys, gateway_router, listen, serve_limits, wait_true};
 use crate::config::{BusUrl, Config, StoreUrl};
-use crate::http::{self, HttpState};
-use crate::{keys, secret};
+use crate::http;
+use crate::keys;
 
 /// A distributed-mode process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,6 +199,26 @@ async fn grpc_listener(config: &Config) -> anyhow::Result<(tokio::net::TcpListen
     Ok((l, advertise))
 }
 
+/// Serves gRPC on `listener` until `stop`.
+fn serve_grpc(
+    routes: tonic::service::Routes,
+    listener: tokio::net::TcpListener,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                wait_true(stop),
+            )
+            .await
+        {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    })
+}
+
 /// Starts a role; [`RoleRunning::shutdown`] stops it.
 pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
     let needs = needs(role, &config)?;
@@ -318,51 +337,28 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             let (l, advertise) = grpc_listener(&config).await?;
             grpc_addr = Some(l.local_addr()?);
             let service = GatewayServer::service(gateway.clone());
-            grpc_task = Some(tokio::spawn(async move {
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(l),
-                        wait_true(stop_grpc_rx),
-                    )
-                    .await
-                {
-                    tracing::error!(error = %e, "gRPC server failed");
-                }
-            }));
-            let api_keys = if config.api.keys.is_empty() {
-                let key = secret::load_or_create_file(&config.data_dir, secret::API_KEY_FILE)?;
-                vec![String::from_utf8_lossy(&key).into_owned()]
-            } else {
-                config.api.keys.clone()
-            };
-            let app = http::router(
-                Arc::new(HttpState {
-                    gateway: gateway.clone(),
-                    dev_token_ttl_s: config.dev.token_ttl_s,
-                    ready: ready.clone(),
-                    dev_limit: config.dev.rate_limit,
-                    dev_bucket: parking_lot::Mutex::new(Bucket::new(&config.dev.rate_limit, 0)),
-                    started: std::time::Instant::now(),
-                    allowed_origins: config.http.allowed_origins.clone(),
-                }),
-                http::Routes {
-                    dev_endpoints: config.dev.endpoints_on(config.listen),
-                    echo: config.dev.echo,
-                },
-                Arc::new(crate::api::ApiState {
+            grpc_task = Some(serve_grpc(
+                tonic::service::Routes::new(service),
+                l,
+                stop_grpc_rx,
+            ));
+            // Critical messages' ids: `ingest.node_number` must be unique per node.
+            let ids = Arc::new(IdGenerator::new(config.ingest.node_number));
+            let app = gateway_router(
+                &config,
+                gateway.clone(),
+                ready.clone(),
+                crate::api::ApiState {
                     gateway: gateway.clone(),
                     control,
                     ingest: ingest.clone(),
                     max_text_chars: config.ingest.max_text_chars,
-                    // Critical messages' ids: `ingest.node_number` must be unique per node.
-                    ids: Arc::new(IdGenerator::new(config.ingest.node_number)),
-                    keys: api_keys,
+                    ids: ids.clone(),
+                    keys: api_keys(&config)?,
                     // Rows are written here; the relay that publishes them runs on the ingest
                     // nodes (this one is never run: its `wake` reaches no one, and the ingest
                     // relay polls every `idle_poll`).
                     outbox: outbox_store.clone().map(|store| {
-                        let ids = Arc::new(IdGenerator::new(config.ingest.node_number));
                         Arc::new(OutboxRelay::new(
                             relay_config.clone(),
                             store,
@@ -370,7 +366,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                             move || ids.next(),
                         ))
                     }),
-                }),
+                },
             );
             gateway_out = Some(gateway);
             (app, advertise)
@@ -407,18 +403,11 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             let (l, advertise) = grpc_listener(&config).await?;
             grpc_addr = Some(l.local_addr()?);
             let service = IngestServer::service(ingest);
-            grpc_task = Some(tokio::spawn(async move {
-                if let Err(e) = tonic::transport::Server::builder()
-                    .add_service(service)
-                    .serve_with_incoming_shutdown(
-                        tonic::transport::server::TcpIncoming::from(l),
-                        wait_true(stop_grpc_rx),
-                    )
-                    .await
-                {
-                    tracing::error!(error = %e, "gRPC server failed");
-                }
-            }));
+            grpc_task = Some(serve_grpc(
+                tonic::service::Routes::new(service),
+                l,
+                stop_grpc_rx,
+            ));
             (
                 http::health_router(metrics.clone(), ready.clone()),
                 advertise,
@@ -485,17 +474,12 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         ttl,
     )
     .await?;
-    let limits = http::ServeLimits {
-        conns: Arc::new(http::ConnLimits::new(
-            config.http.connection_cap(),
-            config.http.max_connections_per_ip,
-            metrics.clone(),
-        )),
-        header_timeout: Duration::from_millis(config.http.header_timeout_ms),
-        request_timeout: Duration::from_millis(config.http.request_timeout_ms),
-        metrics: metrics.clone(),
-    };
-    let http_task = tokio::spawn(http::serve(listener, app, limits, wait_true(stop_http_rx)));
+    let http_task = tokio::spawn(http::serve(
+        listener,
+        app,
+        serve_limits(&config, &metrics),
+        wait_true(stop_http_rx),
+    ));
     tracing::info!(role = role.name(), %addr, grpc = ?grpc_addr, "roomcast {} started", role.name());
     Ok(RoleRunning {
         role,
