@@ -38,7 +38,11 @@ sudo=""
 
 apt_install() {
   local missing=()
-  for p in "$@"; do dpkg -s "$p" > /dev/null 2>&1 || missing+=("$p"); done
+  # Installed means "install ok installed": a removed package keeps its config files and
+  # `dpkg -s` still succeeds for it.
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${missing[*]} (Debian packages)"
   export DEBIAN_FRONTEND=noninteractive
