@@ -22,9 +22,15 @@
 //! Ownership is recorded in the store too ([`MessageStore::claim_partitions`]): a worker claims
 //! the partitions it is assigned and releases them once everything it handed out for them is
 //! durable (on revocation and on a clean stop). A partition whose previous owner never released
-//! it (it crashed, or its store failed) is untrusted: the first time the new owner touches one of
-//! its rooms, the room starts a new epoch, so no seq of the old epoch — which clients may have
-//! seen with other messages — is handed out twice.
+//! it (it crashed, or its store failed) is untrusted: the stored position may be behind what
+//! clients saw. The first time the new owner touches one of its rooms it takes the room over
+//! ([`RoomWorker::take_over`]): where the recent list (written before every delivery, so it holds
+//! everything clients can have seen) continues the stored stream without a gap, the new owner
+//! writes the messages the store is missing, continues the same epoch after the list's last
+//! seq, and drops the redelivered records the list shows were delivered already — a crash costs
+//! clients nothing, not even a duplicate. Otherwise (no recent list, or it does not reach back to
+//! the stored position) the room starts a new epoch, so no seq of the old epoch — which clients
+//! may have seen with other messages — is handed out twice.
 //!
 //! The batch window grows with what the worker observes itself — flushes that run late, records
 //! that waited in the bus, and how long its `Delivery::deliver` calls take — and, in standalone
@@ -93,6 +99,9 @@ struct RoomState {
     last_flush: Option<Instant>,
     due: Option<Instant>,
     touched: Instant,
+    /// After a take-over: `msg_id`s the previous owner delivered already (from the recent list).
+    /// Its redelivered records come first; the first record not in here empties it.
+    delivered_before: std::collections::HashSet<u64>,
 }
 
 pub struct RoomWorker {
@@ -519,6 +528,51 @@ impl RoomWorker {
         }
     }
 
+    /// The position to continue a room of an untrusted partition from, and the `msg_id`s its
+    /// previous owner delivered already (see the module docs). The recent list is written
+    /// before each delivery, so its tail is at or beyond anything clients saw; when it continues
+    /// the stored stream (same epoch, no gap after the stored last seq), the messages the store
+    /// lacks are written (their outbox rows, if any, marked sent) and the stream goes on in the
+    /// same epoch. Otherwise the room starts a new epoch.
+    async fn take_over(
+        &self,
+        room: &RoomId,
+    ) -> Result<(u32, u64, std::collections::HashSet<u64>), StoreError> {
+        let (epoch, stored) = self.history.cursor(room).await?;
+        if let Some((recent, cap, _)) = &self.recent {
+            match recent.recent(room, *cap).await {
+                Ok(list) => {
+                    if let Some((last, missing)) = continuation(epoch, stored, &list) {
+                        if !missing.is_empty() {
+                            let ids = missing.iter().map(|m| m.msg_id).collect();
+                            self.history
+                                .append(Arc::new(RoomBatch {
+                                    room: room.clone(),
+                                    epoch,
+                                    msgs: missing,
+                                    outbox_ids: ids,
+                                }))
+                                .await?;
+                        }
+                        tracing::info!(%room, epoch, stored, last, "room taken over from its recent list; same epoch");
+                        let delivered = list
+                            .iter()
+                            .filter(|m| m.epoch == epoch)
+                            .map(|m| m.msg_id)
+                            .collect();
+                        return Ok((epoch, last, delivered));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(%room, error = %e, "cannot read the recent list; starting a new epoch")
+                }
+            }
+        }
+        let epoch = self.history.restart_epoch(room).await?;
+        tracing::info!(%room, epoch, "room taken over without a usable recent list; new epoch");
+        Ok((epoch, 0, Default::default()))
+    }
+
     async fn accept(
         &self,
         msg: InboundMessage,
@@ -537,16 +591,19 @@ impl RoomWorker {
                 .get_mut(&partition)
                 .is_some_and(|p| p.untrusted && p.renewed.insert(msg.room.clone()));
             let position = if renew {
-                self.history.restart_epoch(&msg.room).await.map(|e| (e, 0))
+                self.take_over(&msg.room).await
             } else {
-                self.history.cursor(&msg.room).await
+                self.history
+                    .cursor(&msg.room)
+                    .await
+                    .map(|(e, s)| (e, s, Default::default()))
             };
-            let (epoch, last_seq) = match position {
+            let (epoch, last_seq, delivered_before) = match position {
                 Ok(c) => c,
                 Err(e) => {
                     // Keep the room alive; a fresh epoch tells clients the stream restarted.
                     tracing::error!(room = %msg.room, error = %e, "cannot load room position; starting a new epoch");
-                    (new_epoch(), 0)
+                    (new_epoch(), 0, Default::default())
                 }
             };
             rooms.state.insert(
@@ -561,8 +618,22 @@ impl RoomWorker {
                     last_flush: None,
                     due: None,
                     touched: now,
+                    delivered_before,
                 },
             );
+        }
+        if let Some(st) = rooms.state.get_mut(&msg.room)
+            && !st.delivered_before.is_empty()
+        {
+            if st.delivered_before.remove(&msg.msg_id.0) {
+                // The previous owner delivered it (and the take-over stored it).
+                self.metrics.bus_duplicates.inc();
+                if msg.from_outbox {
+                    rooms.first_outbox_copy(msg.msg_id.0);
+                }
+                return;
+            }
+            st.delivered_before = Default::default();
         }
         let Some(st) = rooms.state.get_mut(&msg.room) else {
             return;
@@ -669,6 +740,39 @@ impl RoomWorker {
     }
 }
 
+/// Where a taken-over room's recent list says its stream got to, when that list continues the
+/// stored stream (`epoch`, `stored`): the list's last seq and the messages after `stored` (to
+/// store). `None` when the list is empty, ends in another epoch, or starts after `stored + 1`
+/// (messages in between would be missing everywhere).
+fn continuation(epoch: u32, stored: u64, list: &[RoomMsg]) -> Option<(u64, Vec<Arc<RoomMsg>>)> {
+    let last = list.last()?;
+    if last.epoch != epoch || last.seq < stored {
+        return None;
+    }
+    let tail: Vec<&RoomMsg> = list
+        .iter()
+        .rev()
+        .take_while(|m| m.epoch == epoch)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let missing: Vec<Arc<RoomMsg>> = tail
+        .iter()
+        .filter(|m| m.seq > stored)
+        .map(|m| Arc::new((*m).clone()))
+        .collect();
+    // No gap between the store and the list, and none inside the list.
+    let mut expect = stored + 1;
+    for m in &missing {
+        if m.seq != expect {
+            return None;
+        }
+        expect += 1;
+    }
+    Some((last.seq, missing))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -706,6 +810,31 @@ mod tests {
             payload: None,
             from_outbox: false,
         }
+    }
+
+    /// The recent list decides a take-over only when it continues the store without a gap.
+    #[test]
+    fn a_take_over_continues_only_a_list_that_reaches_the_store() {
+        let list = |epoch: u32, seqs: &[u64]| -> Vec<RoomMsg> {
+            seqs.iter().map(|&s| msg("r", s).sequenced(epoch, s)).collect()
+        };
+        let seqs = |m: Vec<Arc<RoomMsg>>| m.iter().map(|m| m.seq).collect::<Vec<_>>();
+        // The store has 1..=3; the list 2..=5: 4 and 5 are written, the stream goes on after 5.
+        let (last, missing) = super::continuation(7, 3, &list(7, &[2, 3, 4, 5])).unwrap();
+        assert_eq!((last, seqs(missing)), (5, vec![4, 5]));
+        // The store is as far as the list: nothing to write.
+        let (last, missing) = super::continuation(7, 5, &list(7, &[4, 5])).unwrap();
+        assert_eq!((last, missing.len()), (5, 0));
+        // An older epoch's messages before the current epoch's are not the current stream.
+        let mut mixed = list(6, &[9, 10]);
+        mixed.extend(list(7, &[1, 2]));
+        let (last, missing) = super::continuation(7, 1, &mixed).unwrap();
+        assert_eq!((last, seqs(missing)), (2, vec![2]));
+        // Not usable: empty, another epoch at the end, a gap after the store, a list behind it.
+        assert!(super::continuation(7, 3, &[]).is_none());
+        assert!(super::continuation(7, 3, &list(8, &[4])).is_none());
+        assert!(super::continuation(7, 3, &list(7, &[5, 6])).is_none());
+        assert!(super::continuation(7, 3, &list(7, &[1, 2])).is_none());
     }
 
     struct Setup {

@@ -16,12 +16,12 @@ use crate::BoxFut;
 use crate::config::{HistoryConfig, WorkerConfig};
 use crate::history::History;
 use crate::ids::{MsgId, NodeId, RoomId, UserId};
-use crate::memory::{MemoryBus, MemoryRoutes, MemoryStore};
+use crate::memory::{MemoryBus, MemoryRecent, MemoryRoutes, MemoryStore};
 use crate::metrics::Metrics;
 use crate::model::{InboundMessage, MsgKind, RoomBatch};
 use crate::ports::{
     Bus, BusConsumer, BusError, BusEvent, BusRecord, Delivery, DeliveryError, MessageStore, Offset,
-    Partition, RouteTable,
+    Partition, RecentMessages, RouteTable,
 };
 use crate::worker::RoomWorker;
 
@@ -73,6 +73,7 @@ pub async fn bus_suite<H: BusHarness>(make: impl Fn() -> H) {
     a_crashed_worker_leaves_what_was_not_done_to_the_next(&make()).await;
     a_revoked_room_is_loaded_from_the_store_by_its_next_owner(&make()).await;
     a_room_taken_from_a_crashed_owner_starts_a_new_epoch(&make()).await;
+    a_room_taken_from_a_crashed_owner_continues_from_its_recent_list(&make()).await;
 }
 
 // ---- helpers -------------------------------------------------------------------------------
@@ -211,6 +212,8 @@ pub struct Tap {
     inner: Box<dyn BusConsumer>,
     own: Arc<Ownership>,
     double: bool,
+    /// Commits are swallowed (never reach the bus): a worker that dies before committing.
+    lose_commits: bool,
 }
 
 impl Tap {
@@ -221,9 +224,17 @@ impl Tap {
                 inner,
                 own: own.clone(),
                 double,
+                lose_commits: false,
             },
             own,
         )
+    }
+
+    /// A tap whose commits never reach the bus.
+    pub fn losing_commits(inner: Box<dyn BusConsumer>) -> (Tap, Arc<Ownership>) {
+        let (mut t, own) = Tap::new(inner, false);
+        t.lose_commits = true;
+        (t, own)
     }
 }
 
@@ -265,6 +276,9 @@ impl BusConsumer for Tap {
         partition: Partition,
         through: Offset,
     ) -> BoxFut<'_, Result<(), BusError>> {
+        if self.lose_commits {
+            return Box::pin(std::future::ready(Ok(())));
+        }
         let own = self.own.clone();
         let commit = self.inner.commit(partition, through);
         Box::pin(async move {
@@ -311,6 +325,17 @@ async fn start_worker(
     rooms: impl IntoIterator<Item = String>,
     window_ms: u64,
 ) -> Running {
+    start_worker_listing(consumer, store, rooms, window_ms, None).await
+}
+
+/// [`start_worker`] listing its batches in `recent` before it delivers them (distributed mode).
+async fn start_worker_listing(
+    consumer: Box<dyn BusConsumer>,
+    store: Arc<dyn MessageStore>,
+    rooms: impl IntoIterator<Item = String>,
+    window_ms: u64,
+    recent: Option<Arc<dyn RecentMessages>>,
+) -> Running {
     let routes = Arc::new(MemoryRoutes::default());
     // Routes are visible only under a live lease.
     routes
@@ -325,7 +350,7 @@ async fn start_worker(
     }
     let (tx, batches) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::default());
-    let worker = RoomWorker::new(
+    let mut worker = RoomWorker::new(
         WorkerConfig {
             batch_window_ms: window_ms,
             batch_window_max_ms: window_ms,
@@ -337,6 +362,9 @@ async fn start_worker(
         Arc::new(Recorder(tx)),
         metrics.clone(),
     );
+    if let Some(recent) = recent {
+        worker = worker.with_recent(recent, 100, Duration::from_secs(3600));
+    }
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         worker
@@ -743,6 +771,101 @@ pub async fn a_room_taken_from_a_crashed_owner_starts_a_new_epoch(h: &dyn BusHar
         "the new epoch is durable"
     );
     assert!(w3.stop().await.is_empty());
+}
+
+/// In the distributed mode the worker lists each batch in the recent list before it delivers it,
+/// so the list shows everything clients can have seen. A worker that takes a crashed owner's
+/// partition continues a room whose list continues the stored stream: the same epoch after the
+/// list's last seq, the messages the store lacks written to it, and the redelivered records
+/// that were delivered already dropped — the crash costs clients nothing, not even a duplicate.
+pub async fn a_room_taken_from_a_crashed_owner_continues_from_its_recent_list(h: &dyn BusHarness) {
+    let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(100));
+    let recent: Arc<dyn RecentMessages> = Arc::new(MemoryRecent::default());
+    let bus = h.bus();
+    let room = "takeover-room".to_owned();
+    let room_id = RoomId::parse(&room).expect("valid");
+
+    // w1 delivers three messages and dies: its commits never reached the bus, its partitions
+    // were never released.
+    let (c1, _) = Tap::losing_commits(h.join().await);
+    let mut w1 = start_worker_listing(
+        Box::new(c1),
+        store.clone(),
+        [room.clone()],
+        5,
+        Some(recent.clone()),
+    )
+    .await;
+    for i in 0..3 {
+        bus.publish(message(&room, i)).await.expect("publish");
+        assert_eq!(w1.delivered(1).await, [(room.clone(), i + 1)]);
+    }
+    let epoch = w1.epochs[&room];
+    w1.task.abort();
+    let _ = w1.task.await;
+    // And one more it had listed and delivered, whose store write died with it.
+    let lost_write = Arc::new(message(&room, 3).sequenced(epoch, 4));
+    recent
+        .push(
+            &RoomBatch {
+                room: room_id.clone(),
+                epoch,
+                msgs: vec![lost_write],
+                outbox_ids: Vec::new(),
+            },
+            100,
+            Duration::from_secs(3600),
+        )
+        .await
+        .expect("listed");
+    bus.publish(message(&room, 3)).await.expect("publish");
+    assert_eq!(
+        store.load_room(&room_id, 10).await.expect("load").map(|s| s.last_seq),
+        Some(3),
+        "the store is one message behind what clients saw"
+    );
+
+    let mut w2 = start_worker_listing(
+        h.join().await,
+        store.clone(),
+        [room.clone()],
+        5,
+        Some(recent.clone()),
+    )
+    .await;
+    bus.publish(message(&room, 4)).await.expect("publish");
+    assert_eq!(
+        w2.delivered(1).await,
+        [(room.clone(), 5)],
+        "the four redelivered records are not delivered again; the next message is seq 5"
+    );
+    assert_eq!(w2.epochs[&room], epoch, "the same epoch: clients keep their place");
+    assert!(
+        w2.metrics.bus_duplicates.get() >= 4,
+        "the four redelivered records dropped as delivered"
+    );
+    let stored = store
+        .load_room(&room_id, 10)
+        .await
+        .expect("load")
+        .expect("stored");
+    assert_eq!((stored.epoch, stored.last_seq), (epoch, 5));
+    assert_eq!(
+        stored
+            .recent
+            .iter()
+            .map(|m| (m.seq, m.text.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, "message 0"),
+            (2, "message 1"),
+            (3, "message 2"),
+            (4, "message 3"),
+            (5, "message 4")
+        ],
+        "the write the crash lost is repaired from the list"
+    );
+    assert!(w2.stop().await.is_empty());
 }
 
 #[cfg(test)]
