@@ -186,6 +186,15 @@ impl History {
         }
     }
 
+    /// Lets the store's partition claims alone decide which room positions to distrust (the
+    /// distributed mode's workers, see [`crate::worker`]): a node's own unclean last run says
+    /// nothing about partitions other workers released cleanly meanwhile, and the partitions it
+    /// owned itself come back untrusted anyway.
+    pub fn trusting_partition_claims(mut self) -> Self {
+        self.fresh_epochs = false;
+        self
+    }
+
     pub fn config(&self) -> &HistoryConfig {
         &self.cfg
     }

@@ -187,6 +187,12 @@ pub struct Metrics {
     pub bus_duplicates: Counter,
     /// Bus records that did not decode (another version, truncated, garbage): skipped.
     pub bus_undecodable: Counter,
+    /// Rebalances a room worker took part in (each `Revoked` event).
+    pub bus_revocations: Counter,
+    /// Batches a worker pushed to a gateway (distributed mode; one per batch per gateway).
+    pub pushed_batches: Counter,
+    /// Batches a worker dropped for a registered gateway (queue full, call failed, it left).
+    pub push_dropped: Counter,
     /// The latest such pass, for the room workers of the same process (not exported).
     pub fanout_load: FanoutLoad,
     pub drops: [Counter; 5],
@@ -232,6 +238,9 @@ impl Default for Metrics {
             fanout_pass_big: Histogram::new(LATENCY_S),
             bus_duplicates: Counter::default(),
             bus_undecodable: Counter::default(),
+            bus_revocations: Counter::default(),
+            pushed_batches: Counter::default(),
+            push_dropped: Counter::default(),
             fanout_load: FanoutLoad::default(),
             drops: Default::default(),
             slow_disconnects: Counter::default(),
@@ -339,6 +348,24 @@ impl Metrics {
             "roomcast_bus_duplicates_total",
             "Bus records a room worker dropped as already processed (redelivered).",
             self.bus_duplicates.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_bus_revocations_total",
+            "Times a room worker had its partitions revoked (rebalances of its consumer group it took part in).",
+            self.bus_revocations.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_pushed_batches_total",
+            "Batches a room worker pushed to gateways over gRPC (one per batch per gateway).",
+            self.pushed_batches.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_push_dropped_total",
+            "Batches a room worker dropped for a gateway: its queue was full, the call failed, or the gateway left.",
+            self.push_dropped.get(),
         );
         counter(
             &mut o,

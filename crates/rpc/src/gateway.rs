@@ -11,7 +11,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +18,7 @@ use parking_lot::Mutex;
 use roomcast_core::BoxFut;
 use roomcast_core::gateway::{Gateway, NodeCommands};
 use roomcast_core::ids::NodeId;
+use roomcast_core::metrics::Metrics;
 use roomcast_core::model::RoomBatch;
 use roomcast_core::ports::{Command, ControlError, Delivery, DeliveryError, StoreError};
 use tokio::sync::Notify;
@@ -130,7 +130,7 @@ pub struct GrpcDelivery {
     senders: Mutex<HashMap<NodeId, Arc<NodeSender>>>,
     /// The last batch encoded (a worker delivers one batch to each of its nodes in a row).
     last: Mutex<Option<(Arc<RoomBatch>, Bytes)>>,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 }
 
 impl GrpcDelivery {
@@ -140,13 +140,19 @@ impl GrpcDelivery {
             settings,
             senders: Mutex::new(HashMap::new()),
             last: Mutex::new(None),
-            dropped: Arc::new(AtomicU64::new(0)),
+            metrics: Arc::new(Metrics::default()),
         }
+    }
+
+    /// Counts pushes and drops in `metrics` (`pushed_batches`, `push_dropped`).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Batches dropped for some gateway so far (queue full, call failed, gateway gone).
     pub fn dropped(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.metrics.push_dropped.get()
     }
 
     fn encoded(&self, batch: &Arc<RoomBatch>) -> Bytes {
@@ -178,7 +184,7 @@ impl GrpcDelivery {
             s.clone(),
             self.nodes.clone(),
             self.settings,
-            self.dropped.clone(),
+            self.metrics.clone(),
         ));
         s
     }
@@ -191,6 +197,7 @@ impl Delivery for GrpcDelivery {
         batch: Arc<RoomBatch>,
     ) -> BoxFut<'_, Result<(), DeliveryError>> {
         let r = if !self.nodes.contains(node) {
+            // Not registered (any more): no push is attempted.
             Err(DeliveryError::UnknownNode(node.clone()))
         } else {
             let bytes = self.encoded(&batch);
@@ -198,7 +205,7 @@ impl Delivery for GrpcDelivery {
             let mut q = s.queue.lock();
             if q.batches.len() >= self.settings.queue {
                 drop(q);
-                self.dropped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.push_dropped.inc();
                 Err(DeliveryError::Failed {
                     node: node.clone(),
                     reason: "its queue is full (the gateway is too slow or unreachable)".into(),
@@ -220,7 +227,7 @@ async fn send_loop(
     s: Arc<NodeSender>,
     nodes: Arc<NodeDirectory>,
     settings: DeliverySettings,
-    dropped: Arc<AtomicU64>,
+    metrics: Arc<Metrics>,
 ) {
     let mut batches = Vec::new();
     loop {
@@ -230,7 +237,7 @@ async fn send_loop(
                 // The gateway left: what waits for it is dropped, and so is this task.
                 let mut q = s.queue.lock();
                 q.closed = true;
-                dropped.fetch_add(q.batches.len() as u64, Ordering::Relaxed);
+                metrics.push_dropped.add(q.batches.len() as u64);
                 q.batches.clear();
                 tracing::info!(%node, "gateway left; stopped pushing to it");
                 return;
@@ -256,9 +263,12 @@ async fn send_loop(
             req.set_timeout(settings.call_timeout);
             let mut client = pb::gateway_client::GatewayClient::new(channel)
                 .max_encoding_message_size(MAX_PUSH_BYTES);
-            if let Err(e) = client.push(req).await {
-                dropped.fetch_add(n, Ordering::Relaxed);
-                tracing::warn!(%node, code = ?e.code(), error = e.message(), batches = n, "push to gateway failed; its clients recover the gap");
+            match client.push(req).await {
+                Ok(_) => metrics.pushed_batches.add(n),
+                Err(e) => {
+                    metrics.push_dropped.add(n);
+                    tracing::warn!(%node, code = ?e.code(), error = e.message(), batches = n, "push to gateway failed; its clients recover the gap");
+                }
             }
         }
     }

@@ -151,12 +151,31 @@ async fn register(
     info: NodeInfo,
     ttl: Duration,
 ) -> anyhow::Result<(Arc<dyn NodeLease>, watch::Sender<bool>)> {
-    let lease: Arc<dyn NodeLease> = Arc::from(
-        discovery
-            .register(info.clone(), ttl)
-            .await
-            .with_context(|| format!("cannot register {} in etcd", info.id))?,
-    );
+    // A node restarted right after a crash finds its previous registration still alive: it
+    // waits for that lease to run out (within `ttl`). A second live process with the same
+    // node id keeps its lease alive, so this one gives up after twice that.
+    let give_up = tokio::time::Instant::now() + ttl * 2 + Duration::from_secs(1);
+    let mut said = false;
+    let lease: Arc<dyn NodeLease> = loop {
+        match discovery.register(info.clone(), ttl).await {
+            Ok(lease) => break Arc::from(lease),
+            Err(roomcast_core::ports::DiscoveryError::Taken(_))
+                if tokio::time::Instant::now() < give_up =>
+            {
+                if !said {
+                    tracing::warn!(node = %info.id, ?ttl, "this node's previous registration is still alive (a crash?); waiting for its lease to expire");
+                    said = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot register {} in etcd (is another process running with this node_id?)",
+                    info.id
+                )));
+            }
+        }
+    };
     let (stop, mut stop_rx) = watch::channel(false);
     let mut current = lease.clone();
     tokio::spawn(async move {
@@ -303,8 +322,14 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             let ingest: Arc<dyn Ingest> = Arc::new(IngestClient::new(ingest_nodes, rpc_timeout));
             let presence = Arc::new(RedisPresence::new(redis.clone()));
             let acks = Arc::new(RedisAckStore::new(redis.clone()));
+            // Routes expire with the node: a gateway that died is out of every room's route
+            // when etcd forgets it, so workers stop pushing to it then, not later.
+            let mut gateway_config = config.gateway.clone();
+            gateway_config.route_lease_s = gateway_config
+                .route_lease_s
+                .min(config.cluster.lease_ttl_s.clamp(1, u32::MAX as u64) as u32);
             let gateway = Gateway::new(
-                config.gateway.clone(),
+                gateway_config,
                 GatewayDeps {
                     node: node.clone(),
                     auth,
@@ -422,15 +447,19 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             let consumer = bus.consumer().context("bus.url")?;
             let gateways = NodeDirectory::new(ChannelSettings::default());
             gateways.follow(discovery.clone(), NodeRole::Gateway).await;
-            let delivery = Arc::new(GrpcDelivery::new(
-                gateways,
-                DeliverySettings {
-                    queue: config.cluster.push_queue.max(1),
-                    call_timeout: Duration::from_millis(config.cluster.push_timeout_ms.max(1)),
-                    ..DeliverySettings::default()
-                },
-            ));
-            let history = Arc::new(History::new(config.history.clone(), store));
+            let delivery = Arc::new(
+                GrpcDelivery::new(
+                    gateways,
+                    DeliverySettings {
+                        queue: config.cluster.push_queue.max(1),
+                        call_timeout: Duration::from_millis(config.cluster.push_timeout_ms.max(1)),
+                        ..DeliverySettings::default()
+                    },
+                )
+                .with_metrics(metrics.clone()),
+            );
+            let history =
+                Arc::new(History::new(config.history.clone(), store).trusting_partition_claims());
             let worker = RoomWorker::new(
                 config.worker.clone(),
                 history,

@@ -10,7 +10,7 @@ use crate::common::*;
 use crate::kafka::kafka_url;
 use crate::mysql_store::{Db, redis_url};
 
-fn etcd_url() -> String {
+pub(crate) fn etcd_url() -> String {
     std::env::var("RC_TEST_ETCD_URL").unwrap_or_else(|_| {
         panic!(
             "RC_TEST_ETCD_URL is not set: start etcd with `scripts/services.sh up etcd` and \
@@ -20,15 +20,15 @@ fn etcd_url() -> String {
 }
 
 /// One cluster's shared settings.
-struct Cluster {
-    id: String,
-    db: Db,
+pub(crate) struct Cluster {
+    pub(crate) id: String,
+    pub(crate) db: Db,
     dirs: Vec<tempfile::TempDir>,
     nodes: u16,
 }
 
 impl Cluster {
-    async fn new() -> Cluster {
+    pub(crate) async fn new() -> Cluster {
         Cluster {
             id: format!("{:012x}", fastrand::u64(..) >> 16),
             db: Db::fresh().await,
@@ -37,7 +37,7 @@ impl Cluster {
         }
     }
 
-    fn config(&mut self, node: &str) -> Config {
+    pub(crate) fn config(&mut self, node: &str) -> Config {
         let dir = tempfile::tempdir().unwrap();
         let mut c = test_config(dir.path());
         self.dirs.push(dir);

@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod binary;
 mod cluster;
+mod failover;
 mod history;
 mod hostile;
 mod kafka;

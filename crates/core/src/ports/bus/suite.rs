@@ -820,7 +820,11 @@ pub async fn a_room_taken_from_a_crashed_owner_continues_from_its_recent_list(h:
         .expect("listed");
     bus.publish(message(&room, 3)).await.expect("publish");
     assert_eq!(
-        store.load_room(&room_id, 10).await.expect("load").map(|s| s.last_seq),
+        store
+            .load_room(&room_id, 10)
+            .await
+            .expect("load")
+            .map(|s| s.last_seq),
         Some(3),
         "the store is one message behind what clients saw"
     );
@@ -839,7 +843,10 @@ pub async fn a_room_taken_from_a_crashed_owner_continues_from_its_recent_list(h:
         [(room.clone(), 5)],
         "the four redelivered records are not delivered again; the next message is seq 5"
     );
-    assert_eq!(w2.epochs[&room], epoch, "the same epoch: clients keep their place");
+    assert_eq!(
+        w2.epochs[&room], epoch,
+        "the same epoch: clients keep their place"
+    );
     assert!(
         w2.metrics.bus_duplicates.get() >= 4,
         "the four redelivered records dropped as delivered"
