@@ -79,12 +79,21 @@ pub struct ClientError {
     pub http_status: u16,
 }
 
+/// `retry_after_ms` of every `unavailable` refusal: a back-end failed, and a client that tries
+/// again at once only adds load while it recovers.
+pub const UNAVAILABLE_RETRY_MS: u64 = 1000;
+
+/// The `retry_after_ms` a refusal with `code` carries when nothing more precise is known.
+pub fn default_retry_after(code: ErrorCode) -> Option<u64> {
+    (code == ErrorCode::Unavailable).then_some(UNAVAILABLE_RETRY_MS)
+}
+
 impl ClientError {
     fn new(code: ErrorCode, message: String, http_status: u16) -> Self {
         ClientError {
             code,
             message,
-            retry_after_ms: None,
+            retry_after_ms: default_retry_after(code),
             http_status,
         }
     }
@@ -167,7 +176,12 @@ mod tests {
         );
         assert_eq!(
             client(IngestError::Unavailable("server is shutting down".into())),
-            ("unavailable", "server is shutting down".into(), None, 503)
+            (
+                "unavailable",
+                "server is shutting down".into(),
+                Some(UNAVAILABLE_RETRY_MS),
+                503
+            )
         );
     }
 

@@ -66,7 +66,7 @@ impl ReplyError {
         ReplyError {
             code,
             message: message.into(),
-            retry_after_ms: None,
+            retry_after_ms: crate::client_error::default_retry_after(code),
             room_id: None,
             close: None,
             counts_as_error: false,
