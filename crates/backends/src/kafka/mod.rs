@@ -262,8 +262,13 @@ impl TopicKeeper {
         {
             return;
         }
+        // A publish dropped outside a runtime cannot start one (the next failure will).
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.busy.store(false, Ordering::Release);
+            return;
+        };
         let keeper = self.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             match create_topic(&keeper.admin, &keeper.opts, keeper.partitions).await {
                 Ok(true) => {
                     tracing::warn!(topic = %keeper.opts.topic, partitions = keeper.partitions,
@@ -348,6 +353,7 @@ impl KafkaBus {
 
     /// After a fatal producer error (an idempotent producer whose broker forgot it, say) the
     /// producer is unusable: the next publish gets a new one.
+    ///
     /// After a failed delivery: a producer that failed fatally, or that delivered nothing for a
     /// whole delivery timeout, is replaced by a new one (with a new producer id).
     ///
@@ -404,6 +410,26 @@ impl KafkaBus {
         let key = msg.bus_key();
         let partition = partition_of_key(key, self.partitions as usize) as i32;
         let deadline = Instant::now() + self.opts.delivery_timeout() + REPORT_GRACE;
+        // A caller that gives up first (an RPC deadline shorter than the delivery timeout)
+        // drops this future before the failure handling below runs: the guard runs it then,
+        // or a broker that came back without the topic (or without this producer's id) would
+        // never be repaired while every caller keeps giving up.
+        let mut guard = CancelGuard {
+            bus: self,
+            armed: true,
+        };
+        let r = self.send_inner(msg, key, partition, deadline).await;
+        guard.armed = false;
+        r
+    }
+
+    async fn send_inner(
+        &self,
+        msg: &InboundMessage,
+        key: &str,
+        partition: i32,
+        deadline: Instant,
+    ) -> Result<(), BusError> {
         loop {
             let producer = self.producer();
             let queued = ENCODED.with(|buf| {
@@ -428,7 +454,12 @@ impl KafkaBus {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     continue;
                 }
-                Err(e) => return Err(BusError::Unavailable(e.to_string())),
+                Err(e) => {
+                    // A producer that failed fatally refuses every record at once: replace it
+                    // here too, or no publish would ever reach the code below again.
+                    self.after_failure(&producer);
+                    return Err(BusError::Unavailable(e.to_string()));
+                }
             };
             let failure = match tokio::time::timeout_at(deadline, report).await {
                 Ok(Ok(Ok(_))) => {
@@ -457,6 +488,29 @@ impl KafkaBus {
                 continue;
             }
             return Err(BusError::Unavailable(failure.to_string()));
+        }
+    }
+}
+
+/// Runs the failure handling of a publish whose caller stopped waiting for it.
+struct CancelGuard<'a> {
+    bus: &'a KafkaBus,
+    armed: bool,
+}
+
+impl Drop for CancelGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let bus = self.bus;
+        let stuck = bus
+            .now_ms()
+            .saturating_sub(bus.last_delivered_ms.load(Relaxed))
+            > bus.opts.delivery_timeout_ms;
+        if stuck {
+            bus.after_failure(&bus.producer());
+            bus.topic.check();
         }
     }
 }
