@@ -1,4 +1,5 @@
-//! A private instance of a service, for tests that restart it mid-suite: Redis, MariaDB or etcd
+//! A private instance of a service, for tests that restart it mid-suite: Redis, MariaDB, etcd or
+//! the Kafka broker
 //! started with the project's own script (`scripts/services.sh`) on free ports, with a data
 //! directory of its own, so stopping it never touches the shared instances other tests use.
 //! Dropping it stops the service (also when the test fails).
@@ -28,7 +29,7 @@ fn script() -> PathBuf {
 }
 
 impl Private {
-    /// Starts `service` (`redis`, `mysql` or `etcd`) and waits until it answers.
+    /// Starts `service` (`redis`, `mysql`, `etcd` or `kafka`) and waits until it answers.
     pub async fn start(service: &'static str) -> Private {
         let ports = match service {
             "redis" => vec![("RC_REDIS_PORT", free_port())],
@@ -37,6 +38,7 @@ impl Private {
                 ("RC_ETCD_PORT", free_port()),
                 ("RC_ETCD_PEER_PORT", free_port()),
             ],
+            "kafka" => vec![("RC_KAFKA_PORT", free_port())],
             other => panic!("no private instance of {other}"),
         };
         let p = Private {
@@ -59,6 +61,7 @@ impl Private {
         match self.service {
             "redis" => format!("redis://127.0.0.1:{port}/"),
             "mysql" => format!("mysql://roomcast:roomcast@127.0.0.1:{port}/roomcast"),
+            "kafka" => format!("kafka://127.0.0.1:{port}"),
             _ => format!("etcd://127.0.0.1:{port}"),
         }
     }

@@ -161,6 +161,10 @@ impl Control for RoutedControl {
         Box::pin(async move {
             let nodes = self.targets(&target).await?;
             if nodes.is_empty() {
+                tracing::info!(
+                    ?target,
+                    "no gateway holds the target; critical messages recorded for the next login"
+                );
                 self.record(&command).await?;
                 return Ok(ControlReport::default());
             }

@@ -85,6 +85,7 @@ impl Gateway {
         self.deps.acks.put(p.clone()).await?;
         self.deps.metrics.acks_pending.inc();
         if !online {
+            tracing::debug!(user = %p.user, msg_id = p.msg_id, "critical message for a user with no connection here; recorded");
             // A login may have read the store just before the record existed.
             if !self.user_connections(&p.user).is_empty() {
                 self.attempt(p).await;
@@ -93,6 +94,7 @@ impl Gateway {
             return Ok(0);
         }
         let n = self.write_critical(&p);
+        tracing::debug!(user = %p.user, msg_id = p.msg_id, connections = n, "critical message sent");
         self.schedule_retry(&p);
         Ok(n)
     }

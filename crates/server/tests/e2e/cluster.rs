@@ -206,7 +206,7 @@ async fn api(
     )
 }
 
-const API_KEY: &str = "cluster-test-api-key-0123456789";
+pub(crate) const API_KEY: &str = "cluster-test-api-key-0123456789";
 
 /// The server API on one gateway reaches a user on the other: a critical message arrives and
 /// is acknowledged there, and a ban disconnects.

@@ -70,7 +70,10 @@ impl Node {
             .arg(self.role)
             .arg("--config")
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RC_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .kill_on_drop(true)
@@ -113,6 +116,17 @@ impl Node {
 
     /// SIGTERM, then waits for the exit (at most `within`); the exit status must be success.
     async fn term(&mut self, within: Duration) {
+        let exit = self.term_status(within).await;
+        assert!(
+            exit.success(),
+            "{} exited with {exit}: {}",
+            self.name,
+            self.tail()
+        );
+    }
+
+    /// SIGTERM, then waits for the exit (at most `within`) whatever its status.
+    async fn term_status(&mut self, within: Duration) -> std::process::ExitStatus {
         let pid = self.pid();
         let status = std::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -120,16 +134,22 @@ impl Node {
             .unwrap();
         assert!(status.success());
         let mut child = self.child.take().unwrap();
-        let exit = tokio::time::timeout(within, child.wait())
+        tokio::time::timeout(within, child.wait())
             .await
             .unwrap_or_else(|_| panic!("{} did not exit within {within:?}", self.name))
-            .unwrap();
-        assert!(
-            exit.success(),
-            "{} exited with {exit}: {}",
-            self.name,
-            self.tail()
-        );
+            .unwrap()
+    }
+
+    /// The exit status, once the process has exited by itself.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().unwrap()?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// `/readyz` answers 200.
+    async fn ready(&self) -> bool {
+        http(self.http, "GET", "/readyz", &[], "").await.0 == 200
     }
 
     /// A counter or gauge from `/metrics`.
@@ -176,7 +196,7 @@ impl Drop for LogDump {
                 eprintln!(
                     "---- {}\n{}",
                     path.display(),
-                    lines[lines.len().saturating_sub(15)..].join("\n")
+                    lines[lines.len().saturating_sub(60)..].join("\n")
                 );
             }
         }
@@ -206,6 +226,12 @@ impl Procs {
         let mut config = self.cl.config(name);
         // Clients get a few seconds to leave a draining gateway.
         config.shutdown_grace_ms = 3000;
+        // The recovery window must hold what a room receives while its worker is away: after a
+        // worker dies its backlog (here ~20 messages/s for 12-14 s) arrives at once, so a
+        // client that had missed the dead worker's last pushes re-joins when the room is
+        // already ~300 past its cursor, beyond the default window of 200. Sizing rule:
+        // docs/operations.md, section 10c.
+        config.history.max_count = 1000;
         tweak(&mut config);
         Node::spawn(role, name, &config, self.dir.path()).await
     }
@@ -316,6 +342,8 @@ struct Seen {
     not_recovered: u32,
     /// Gaps in `seq` noticed on the stream (each answered by a re-join with `since`).
     gaps: u32,
+    /// What each re-join that was not recovered asked for and got (for the failure message).
+    unrecovered: Vec<String>,
 }
 
 impl Seen {
@@ -345,6 +373,26 @@ impl Seen {
 
     fn texts(&self) -> BTreeSet<String> {
         self.at.values().map(|(_, t)| t.clone()).collect()
+    }
+
+    /// The positions seen, as runs: `epoch:first-last`.
+    fn runs(&self) -> String {
+        let mut out: Vec<String> = Vec::new();
+        let mut run: Option<(u32, u64, u64)> = None;
+        for &(e, seq) in self.at.keys() {
+            run = match run {
+                Some((re, first, last)) if re == e && seq == last + 1 => Some((re, first, seq)),
+                Some((re, first, last)) => {
+                    out.push(format!("{re}:{first}-{last}"));
+                    Some((e, seq, seq))
+                }
+                None => Some((e, seq, seq)),
+            };
+        }
+        if let Some((re, first, last)) = run {
+            out.push(format!("{re}:{first}-{last}"));
+        }
+        out.join(" ")
     }
 }
 
@@ -475,6 +523,19 @@ async fn follow(
                                 s.recovered += 1;
                             } else {
                                 s.not_recovered += 1;
+                                let seqs: Vec<u64> = p.body["history"]
+                                    .as_array()
+                                    .unwrap()
+                                    .iter()
+                                    .map(|m| m["seq"].as_u64().unwrap())
+                                    .collect();
+                                s.unrecovered.push(format!(
+                                    "since {epoch:?}/{cursor}: epoch {} last_seq {} history {:?}..{:?}",
+                                    p.body["epoch"],
+                                    p.body["last_seq"],
+                                    seqs.first(),
+                                    seqs.last()
+                                ));
                             }
                         }
                         for m in p.body["history"].as_array().unwrap() {
@@ -754,7 +815,17 @@ impl Load {
     /// every follower has every acknowledged message of its room, stops the followers, and
     /// checks what they saw: no position with two messages, no message at two positions.
     /// Returns the followers' records and the chatters'.
-    async fn finish(mut self, within: Duration) -> (Vec<(String, Seen)>, Vec<(String, Chats)>) {
+    async fn finish(self, within: Duration) -> (Vec<(String, Seen)>, Vec<(String, Chats)>) {
+        self.finish_requiring(within, |_, _| true).await
+    }
+
+    /// [`Load::finish`], requiring only the acknowledged texts for which `required(room, text)`
+    /// holds (the others are counted when missing: see [`lost`]).
+    async fn finish_requiring(
+        mut self,
+        within: Duration,
+        required: impl Fn(&str, &str) -> bool,
+    ) -> (Vec<(String, Seen)>, Vec<(String, Chats)>) {
         let _ = self.stop_chat.send(true);
         let mut chats = Vec::new();
         for (room, c, task) in self.chatters.drain(..) {
@@ -772,7 +843,7 @@ impl Load {
             acked
                 .entry(room.clone())
                 .or_default()
-                .extend(c.acked.iter().cloned());
+                .extend(c.acked.iter().filter(|t| required(room, t)).cloned());
         }
         for (room, f) in &self.followers {
             if let Err(e) = f.wait_for(&acked[room], within).await {
@@ -794,8 +865,20 @@ impl Load {
     }
 }
 
+/// Acknowledged texts a follower of their room never saw, summed over followers.
+fn lost(seen: &[(String, Seen)], chats: &[(String, Chats)]) -> usize {
+    let mut n = 0;
+    for (room, c) in chats {
+        for (_, s) in seen.iter().filter(|(r, _)| r == room) {
+            let texts = s.texts();
+            n += c.acked.iter().filter(|t| !texts.contains(*t)).count();
+        }
+    }
+    n
+}
+
 fn summary(s: &Seen) -> String {
-    format!(
+    let mut out = format!(
         "{} messages, epochs {:?}, {} connections, {} gaps, recovered {} / not {}",
         s.at.len(),
         s.epochs,
@@ -803,7 +886,11 @@ fn summary(s: &Seen) -> String {
         s.gaps,
         s.recovered,
         s.not_recovered
-    )
+    );
+    if s.not_recovered > 0 || !s.conflicts.is_empty() {
+        out += &format!("; seen {}; not recovered: {:?}", s.runs(), s.unrecovered);
+    }
+    out
 }
 
 // ---- helpers for the tests ---------------------------------------------------------------------
@@ -1106,4 +1193,303 @@ async fn a_rolling_restart_of_both_gateways_loses_nothing() {
         n.term(Duration::from_secs(20)).await;
     }
     p.cl.db.drop_it().await;
+}
+
+/// Critical messages sent through one gateway's API, every `every`, to a user on the other
+/// gateway who acknowledges each one.
+struct Criticals {
+    stop: watch::Sender<bool>,
+    #[allow(clippy::type_complexity)]
+    sender: tokio::task::JoinHandle<(BTreeSet<String>, Vec<(u16, String)>, Vec<(String, String)>)>,
+    received: Arc<Mutex<BTreeSet<String>>>,
+    changed: Arc<Notify>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Criticals {
+    async fn start(api: SocketAddr, user_gateway: &str, every: Duration) -> Criticals {
+        let (stop, mut rx) = watch::channel(false);
+        let received = Arc::new(Mutex::new(BTreeSet::new()));
+        let changed = Arc::new(Notify::new());
+        let mut ws = connect(
+            &Urls::new(&[user_gateway.to_owned()]),
+            0,
+            "vip",
+            Instant::now() + Duration::from_secs(30),
+        )
+        .await
+        .expect("vip connects");
+        let reader = {
+            let (received, changed) = (received.clone(), changed.clone());
+            tokio::spawn(async move {
+                let mut req = 10u32;
+                // Every 20 s whatever else it sends, as a client does: the heartbeat keeps the
+                // user's presence alive (the gateway refreshes it on heartbeats only).
+                let mut heartbeat = tokio::time::interval(Duration::from_secs(20));
+                loop {
+                    // Runs until aborted, after the last accepted message arrived.
+                    let frame = tokio::select! {
+                        f = ws.next() => f,
+                        _ = heartbeat.tick() => {
+                            req += 1;
+                            let hb = encode(Wire::JsonText, Op::Heartbeat, req, json!({}));
+                            let _ = ws.send(hb).await;
+                            continue;
+                        }
+                    };
+                    let m = match frame {
+                        Some(Ok(Message::Close(c))) => panic!("vip's connection was closed: {c:?}"),
+                        Some(Ok(m)) => m,
+                        other => panic!("vip's connection ended: {other:?}"),
+                    };
+                    for p in decode(Wire::JsonText, &m).unwrap_or_default() {
+                        if p.op == "critical" {
+                            received
+                                .lock()
+                                .insert(p.body["text"].as_str().unwrap().to_owned());
+                            req += 1;
+                            let _ = ws
+                                .send(encode(
+                                    Wire::JsonText,
+                                    Op::Ack,
+                                    req,
+                                    json!({"msg_id": p.body["msg_id"]}),
+                                ))
+                                .await;
+                            changed.notify_waiters();
+                        }
+                    }
+                }
+            })
+        };
+        let sender = tokio::spawn(async move {
+            let (mut accepted, mut refused) = (BTreeSet::new(), Vec::new());
+            let mut replies = Vec::new();
+            let auth = format!("Bearer {}", crate::cluster::API_KEY);
+            for i in 1.. {
+                let text = format!("crit-{i}");
+                let body = json!({"user_ids": ["vip"], "kind": "system", "text": text}).to_string();
+                let headers = [
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ];
+                let (status, _, reply) =
+                    http(api, "POST", "/api/v1/critical", &headers, &body).await;
+                if status == 202 {
+                    accepted.insert(text.clone());
+                    replies.push((text, reply));
+                } else {
+                    refused.push((status, reply));
+                }
+                tokio::select! {
+                    _ = rx.changed() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+            (accepted, refused, replies)
+        });
+        Criticals {
+            stop,
+            sender,
+            received,
+            changed,
+            reader,
+        }
+    }
+
+    /// Stops sending; waits until every accepted message arrived (at most `within`). Returns
+    /// how many were accepted and the refusals (status, body).
+    async fn finish(self, within: Duration) -> (usize, Vec<(u16, String)>) {
+        let _ = self.stop.send(true);
+        let (accepted, refused, replies) = self.sender.await.unwrap();
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.changed.notified();
+            let missing: Vec<String> = accepted
+                .difference(&self.received.lock())
+                .cloned()
+                .collect();
+            if missing.is_empty() {
+                break;
+            }
+            if self.reader.is_finished() {
+                panic!("vip's reader ended (see its panic above); missing {missing:?}");
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let why: Vec<_> = replies
+                    .iter()
+                    .filter(|(t, _)| missing.contains(t))
+                    .collect();
+                panic!("accepted critical messages never arrived: {why:?}");
+            }
+        }
+        assert!(!self.reader.is_finished(), "vip's connection stays open");
+        self.reader.abort();
+        (accepted.len(), refused)
+    }
+}
+
+/// Restarts one service under load (a private instance of it, which only this test's cluster
+/// uses) and checks what clients see: chats refused during the outage get `unavailable` with
+/// `retry_after_ms` (never silence), delivery resumes once the service is back, critical
+/// messages the API accepted all arrive (refusals are 503s), and — where the service keeps its
+/// data across a restart — no acknowledged chat is lost.
+async fn a_service_restart_under_load(service: &'static str) {
+    let private = crate::private_services::Private::start(service).await;
+    let url = private.url();
+    let mut p = Procs::new().await;
+    let tweak = |c: &mut Config| match service {
+        "redis" => c.redis.url = Some(url.clone()),
+        "mysql" => c.store.url = Some(url.clone()),
+        "kafka" => c.bus.url = url.clone(),
+        _ => unreachable!(),
+    };
+    let mut ingest = p.spawn_with("ingest", "ingest1", tweak).await;
+    let mut worker = p.spawn_with("worker", "worker1", tweak).await;
+    let mut a = p.spawn_with("gateway", "gw-a", tweak).await;
+    let mut b = p.spawn_with("gateway", "gw-b", tweak).await;
+    let rooms = ["sr0", "sr1"];
+    let load = Load::start(&rooms, &[a.url(), b.url()], Duration::from_millis(50));
+    let criticals = Criticals::start(a.http, &b.url(), Duration::from_millis(200)).await;
+    every_follower_sees_new(&load, &HashMap::new(), Duration::from_secs(30)).await;
+
+    let down = Instant::now();
+    private.down().await;
+    // Until the outage shows: refusals of chats (Redis, the broker), or a worker that cannot
+    // write its store (MariaDB: chats go on, /readyz says why).
+    if service == "mysql" {
+        poll_until(
+            "the worker reports its store down",
+            Duration::from_secs(30),
+            || async { !worker.ready().await },
+        )
+        .await;
+    } else {
+        poll_until("chats are refused", Duration::from_secs(30), || async {
+            load.chatters
+                .iter()
+                .any(|(_, c, _)| !c.lock().refused.is_empty())
+        })
+        .await;
+    }
+    let felt = down.elapsed();
+    // The outage the scenario describes: the service stays away for two seconds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    private.up().await;
+    let outage = down.elapsed();
+    // A crashed process is restarted, as its supervisor would.
+    let mut restarted = Vec::new();
+    for n in [&mut ingest, &mut worker, &mut a, &mut b] {
+        if let Some(status) = n.exited() {
+            restarted.push(format!("{} ({status})", n.name));
+            n.start().await;
+        }
+    }
+    if service == "kafka" {
+        // The tests' broker keeps everything in memory: it comes back without the topic, the
+        // group and the committed offsets. Ingest recovers by itself (a new producer, the topic
+        // created again): chats are acknowledged again...
+        let before = load.acked().values().map(|t| t.len()).sum::<usize>();
+        poll_until(
+            "chats are acknowledged again",
+            Duration::from_secs(30),
+            || async { load.acked().values().map(|t| t.len()).sum::<usize>() > before },
+        )
+        .await;
+        // ...but a consumer of librdkafka 2.12 connected across that does not resume (it stalls
+        // or crashes: docs/operations.md §10c), so a worker that did not crash is restarted, as
+        // its operator must after such a broker restart: gracefully, so that it leaves the
+        // group (tansu 0.6.0 keeps a killed member's partitions: section 10c).
+        // Its exit may itself be the crash (librdkafka closing a consumer the broker forgot).
+        if !restarted.iter().any(|r| r.starts_with(&worker.name)) {
+            let exit = worker.term_status(Duration::from_secs(20)).await;
+            worker.start().await;
+            restarted.push(format!(
+                "{} (restarted after the broker lost its state; it exited with {exit})",
+                worker.name
+            ));
+        }
+    }
+    let marks = high_water(&load);
+    let resumed = every_follower_sees_new(&load, &marks, Duration::from_secs(60)).await;
+    if service == "mysql" {
+        // The writes that failed meanwhile are retried: the worker is ready again.
+        assert!(worker.metric("roomcast_store_write_failures_total").await > 0);
+        poll_until(
+            "the worker's store writes again",
+            Duration::from_secs(30),
+            || async { worker.ready().await },
+        )
+        .await;
+    }
+    // And it goes on: one more round of new messages everywhere.
+    let again = high_water(&load);
+    every_follower_sees_new(&load, &again, Duration::from_secs(30)).await;
+    eprintln!(
+        "{service} restart: felt after {felt:?}, back after {outage:?}, delivery of new chats resumed {resumed:?} later; restarted after crashing: {restarted:?}"
+    );
+    // The broker of the tests keeps its log in memory: what it held when it stopped is gone.
+    let keeps_data = service != "kafka";
+    let (seen, chats) = load
+        .finish_requiring(Duration::from_secs(60), |room, t| {
+            keeps_data
+                || t.rsplit_once('-')
+                    .and_then(|(_, i)| i.parse::<u64>().ok())
+                    .is_some_and(|i| i > marks[room])
+        })
+        .await;
+    let lost = lost(&seen, &chats);
+    for (room, c) in &chats {
+        eprintln!(
+            "{service} restart: chatter of {room}: {} acknowledged, {} refused, {} unanswered",
+            c.acked.len(),
+            c.refused.len(),
+            c.unknown.len()
+        );
+        for (code, retry) in &c.refused {
+            assert_eq!(code, "unavailable", "{room}: refusals say unavailable");
+            assert!(
+                retry.is_some_and(|ms| ms > 0),
+                "{room}: with retry_after_ms"
+            );
+        }
+    }
+    for (room, s) in &seen {
+        eprintln!("{service} restart: follower of {room}: {}", summary(s));
+    }
+    eprintln!("{service} restart: acknowledged chats lost (per follower, summed): {lost}");
+    if keeps_data {
+        assert_eq!(
+            lost, 0,
+            "{service} keeps its data: nothing acknowledged is lost"
+        );
+        check_followers(service, &seen);
+    }
+    let (accepted, refused) = criticals.finish(Duration::from_secs(60)).await;
+    eprintln!(
+        "{service} restart: critical messages: {accepted} accepted and all delivered, {} refused",
+        refused.len()
+    );
+    for (status, body) in &refused {
+        assert_eq!(*status, 503, "a refused critical message says so: {body}");
+    }
+    for n in [&mut a, &mut b, &mut ingest, &mut worker] {
+        n.term(Duration::from_secs(20)).await;
+    }
+    p.cl.db.drop_it().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_restarts_under_load() {
+    a_service_restart_under_load("redis").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mariadb_restarts_under_load() {
+    a_service_restart_under_load("mysql").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_broker_restarts_under_load() {
+    a_service_restart_under_load("kafka").await;
 }

@@ -1,6 +1,9 @@
 //! End-to-end tests: real WebSocket clients against a real server on port 0.
 
 mod common;
+// Private instances of the services, for tests that restart one (shared with the adapters' tests).
+#[path = "../../../backends/tests/support/mod.rs"]
+mod private_services;
 
 mod api;
 mod auth;
