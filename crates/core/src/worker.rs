@@ -33,7 +33,8 @@
 //! may have seen with other messages — is handed out twice.
 //!
 //! The batch window grows with what the worker observes itself — flushes that run late, records
-//! that waited in the bus, and how long its `Delivery::deliver` calls take — and, in standalone
+//! that waited in the bus longer than records lately did, and how long its `Delivery::deliver`
+//! calls take — and, in standalone
 //! only, with the local gateway's passes over big rooms ([`LocalFanoutLoad`]).
 
 use std::cmp::Reverse;
@@ -118,6 +119,9 @@ pub struct RoomWorker {
     /// replaced by a slower one at once, by a faster one once it is [`LOAD_FRESH_MS`] old.
     deliver_us: AtomicU64,
     deliver_at_ms: AtomicU64,
+    /// The least a record waited for this worker lately: the bus's own latency (and any clock
+    /// difference with the ingest nodes), which is no backlog.
+    bus_floor: parking_lot::Mutex<WaitFloor>,
     /// The owner this worker claims its partitions as, in the store.
     node: NodeId,
     /// Where gateways in other processes read joins' history: each batch goes there before it
@@ -220,6 +224,7 @@ impl RoomWorker {
             local_fanout: None,
             deliver_us: AtomicU64::new(0),
             deliver_at_ms: AtomicU64::new(0),
+            bus_floor: parking_lot::Mutex::new(WaitFloor::default()),
             node: NodeId::new(&format!("worker-{:016x}", fastrand::u64(..))),
             recent: None,
         }
@@ -404,14 +409,19 @@ impl RoomWorker {
         events: &mut Vec<BusEvent>,
         rooms: &mut Rooms,
     ) {
-        // How long the oldest record waited for this worker: a backlog here means deliveries
-        // cannot keep up, so batches should grow.
+        // How long the oldest record waited for this worker beyond what records wait anyway
+        // (the broker's own latency: tens of ms with some brokers, and any clock difference
+        // with the ingest node that stamped it): a backlog here means deliveries cannot keep
+        // up, so batches should grow. Counting the broker's latency as backlog would hold every
+        // window at its maximum.
         if let Some(first) = events.iter().find_map(|e| match e {
             BusEvent::Record(r) => Some(r.msg.ts),
             _ => None,
         }) {
-            let waited = crate::clock::now_ms().saturating_sub(first);
-            self.observe_lateness(Duration::from_millis(waited));
+            let now = crate::clock::now_ms();
+            let waited = now.saturating_sub(first);
+            let backlog = self.bus_floor.lock().backlog(waited, now);
+            self.observe_lateness(Duration::from_millis(backlog));
         }
         for event in events.drain(..) {
             match event {
@@ -783,6 +793,39 @@ impl RoomWorker {
     }
 }
 
+/// The least a record waited on the bus over the last 5–10 s (two rotating 5 s minima), and
+/// how far a new wait exceeds it.
+#[derive(Default, Debug)]
+struct WaitFloor {
+    /// (minimum wait in ms, when its period started) for the current and previous period.
+    current: Option<(u64, u64)>,
+    previous: Option<u64>,
+}
+
+const WAIT_FLOOR_PERIOD_MS: u64 = 5000;
+
+impl WaitFloor {
+    fn backlog(&mut self, waited_ms: u64, now_ms: u64) -> u64 {
+        match &mut self.current {
+            Some((min, since)) if now_ms.saturating_sub(*since) < WAIT_FLOOR_PERIOD_MS => {
+                *min = (*min).min(waited_ms);
+            }
+            cur => {
+                self.previous = cur.map(|(min, _)| min);
+                *cur = Some((waited_ms, now_ms));
+            }
+        }
+        let floor = self
+            .current
+            .map(|(min, _)| min)
+            .into_iter()
+            .chain(self.previous)
+            .min()
+            .unwrap_or(0);
+        waited_ms.saturating_sub(floor)
+    }
+}
+
 /// Where a taken-over room's recent list says its stream got to, when that list continues the
 /// stored stream (`epoch`, `stored`): the list's last seq and the messages after `stored` (to
 /// store). `None` when the list is empty, ends in another epoch, or starts after `stored + 1`
@@ -853,6 +896,22 @@ mod tests {
             payload: None,
             from_outbox: false,
         }
+    }
+
+    /// The bus's steady latency is not a backlog; a wait that grows beyond it is, and a floor
+    /// older than two periods is forgotten.
+    #[test]
+    fn only_waits_beyond_the_bus_latency_count_as_backlog() {
+        let mut f = WaitFloor::default();
+        assert_eq!(f.backlog(40, 1_000), 0, "the first wait is the floor");
+        assert_eq!(f.backlog(45, 1_100), 5);
+        assert_eq!(f.backlog(38, 1_200), 0, "a lower wait lowers the floor");
+        assert_eq!(f.backlog(238, 1_300), 200, "a growing wait is a backlog");
+        // The next period keeps the previous one's floor...
+        assert_eq!(f.backlog(240, 6_100), 202);
+        // ...and a period later it is gone: the floor is what the last 5-10 s saw.
+        assert_eq!(f.backlog(240, 11_200), 0);
+        assert_eq!(f.backlog(250, 11_300), 10);
     }
 
     /// The recent list decides a take-over only when it continues the store without a gap.
