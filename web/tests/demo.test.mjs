@@ -1,9 +1,11 @@
 // Browser tests of the demo page and the client library: a real standalone server (the binary
-// in $RC_BIN) and Debian's Chromium driven by playwright-core. Screenshots go to
+// in $RC_BIN) — and, for the gateway drain, the local cluster of scripts/cluster.sh (which
+// starts the services it needs) — and Debian's Chromium driven by playwright-core. Screenshots go to
 // $ARTIFACTS_DIR (default: ../artifacts/browser).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFile, spawn } from "node:child_process";
+import { promisify } from "node:util";
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -338,4 +340,74 @@ test("a re-join that cannot recover adopts the server's epoch and position", asy
   assert.equal(seen.after.seq, 0, "reset to the server's last seq");
   assert.equal(seen.third, true, "recovers from the adopted position");
   await ctx.close();
+});
+
+/** `scripts/cluster.sh CMD` with the binary under test and a cluster directory of its own. */
+async function cluster(cmd, dir) {
+  await promisify(execFile)(resolve("../scripts/cluster.sh"), [cmd], {
+    env: {
+      ...Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith("ROOMCAST_"))),
+      RC_BIN: BIN,
+      RC_CLUSTER_DIR: dir,
+    },
+  });
+}
+
+test("a draining gateway sends the library to the other one, where it fills the gap", async () => {
+  // The distributed mode: scripts/cluster.sh (the services, 2 ingest nodes, 2 workers and 2
+  // gateways on ws://127.0.0.1:18081/ws and :18082).
+  const dir = mkdtempSync(join(tmpdir(), "roomcast-cluster-"));
+  dataDirs.push(dir);
+  await cluster("up", dir);
+  try {
+    const ctx = await browser.newContext();
+    const page = await ctx.newPage();
+    await page.goto("http://127.0.0.1:18081/");
+    await page.evaluate(async () => {
+      const { RoomcastClient } = await import("/roomcast.js");
+      const r = await fetch("/dev/token", { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ name: "Dee" }) });
+      const c = new RoomcastClient(`ws://${location.host}/ws`, { token: (await r.json()).token, minBackoffMs: 200, maxBackoffMs: 400 });
+      window.got = [];
+      window.kicks = [];
+      window.opens = 0;
+      c.addEventListener("message", (e) => window.got.push({ text: e.detail.text, replayed: !!e.detail.replayed }));
+      c.addEventListener("kicked", (e) => window.kicks.push(e.detail));
+      c.addEventListener("open", () => window.opens++);
+      await c.connect();
+      await c.join("drain");
+      await c.chat("drain", "before");
+      window.client = c;
+    });
+    await page.waitForFunction(() => window.got.some((m) => m.text === "before"));
+    // A second viewer, on the demo page served by the other gateway, writes while the first
+    // one moves over.
+    const otherCtx = await browser.newContext();
+    const other = await otherCtx.newPage();
+    await other.goto("http://127.0.0.1:18082/");
+    await other.fill("#nick", "Eve");
+    await other.fill("#room", "drain");
+    await other.click("#enter-btn");
+    await other.waitForSelector("#status[data-state=online]");
+    await other.waitForSelector("#chat li.system >> text=You joined #drain");
+    await other.locator("#chat li .text", { hasText: "before" }).waitFor();
+
+    // SIGTERM to the first gateway: it drains (kicked "draining" naming the other, close 1012).
+    process.kill(Number(readFileSync(join(dir, "gw1", "pid"), "utf8")), "SIGTERM");
+    await page.waitForFunction(() => window.kicks.length === 1);
+    await say(other, "during");
+    await page.waitForFunction(() => window.opens >= 2 && window.got.some((m) => m.text === "during"));
+    await page.evaluate(() => window.client.chat("drain", "after"));
+    await page.waitForFunction(() => window.got.some((m) => m.text === "after"));
+    const { got, kicks, url } = await page.evaluate(() => ({ got: window.got, kicks: window.kicks, url: window.client.url }));
+    assert.equal(kicks[0].code, "draining");
+    assert.deepEqual(kicks[0].reconnect, ["ws://127.0.0.1:18082/ws"], "the other gateway, and only it");
+    assert.equal(url, "ws://127.0.0.1:18082/ws", "the library moved to it");
+    assert.deepEqual(got.map((m) => m.text), ["before", "during", "after"], "each once, in order");
+    await other.locator("#chat li .text", { hasText: "after" }).waitFor();
+    await other.screenshot({ path: join(ARTIFACTS, "drain.png") });
+    await ctx.close();
+    await otherCtx.close();
+  } finally {
+    await cluster("down", dir);
+  }
 });
