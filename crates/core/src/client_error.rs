@@ -89,6 +89,11 @@ pub fn default_retry_after(code: ErrorCode) -> Option<u64> {
 }
 
 impl ClientError {
+    /// A back-end the request needs failed (HTTP 503), with the usual `retry_after_ms`.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ClientError::new(ErrorCode::Unavailable, message.into(), 503)
+    }
+
     fn new(code: ErrorCode, message: String, http_status: u16) -> Self {
         ClientError {
             code,
@@ -118,7 +123,7 @@ impl From<IngestError> for ClientError {
             IngestError::ContentRejected => {
                 ClientError::new(ErrorCode::ContentRejected, message, 400)
             }
-            IngestError::Unavailable(m) => ClientError::new(ErrorCode::Unavailable, m, 503),
+            IngestError::Unavailable(m) => ClientError::unavailable(m),
         }
     }
 }

@@ -292,11 +292,7 @@ fn upgrade(s: Arc<HttpState>, mut req: Request, echo: bool) -> Response {
     match s.gateway.can_accept() {
         Ok(()) => {}
         Err(e @ AcceptError::ShuttingDown) | Err(e @ AcceptError::Full) => {
-            return error_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                e.to_string(),
-            );
+            return client_error_response(ClientError::unavailable(e.to_string()));
         }
     }
     let token = if echo {

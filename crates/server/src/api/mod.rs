@@ -30,6 +30,7 @@ use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post, put};
+use roomcast_core::client_error::ClientError;
 use roomcast_core::gateway::Gateway;
 use roomcast_core::ids::{RoomId, UserId};
 use roomcast_core::ingest::Ingest;
@@ -39,7 +40,7 @@ use roomcast_core::outbox::OutboxRelay;
 use roomcast_core::ports::Control;
 use serde_json::Value;
 
-use crate::http::error_response;
+use crate::http::{client_error_response, error_response};
 
 pub use rooms::hot_level;
 
@@ -251,11 +252,9 @@ impl MessageFields {
 }
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
-    ApiError(Box::new(error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
+    ApiError(Box::new(client_error_response(ClientError::unavailable(
         e.to_string(),
-    )))
+    ))))
 }
 
 // ---- request bodies without HTTP --------------------------------------------------------------
