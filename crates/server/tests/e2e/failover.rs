@@ -236,6 +236,26 @@ impl Procs {
         Node::spawn(role, name, &config, self.dir.path()).await
     }
 
+    /// The cluster most tests use: an ingest node, a worker, gateways `gw-a` and `gw-b` (in that
+    /// order), each configured by `tweak`.
+    async fn spawn_cluster(&mut self, tweak: impl Fn(&mut Config)) -> [Node; 4] {
+        [
+            self.spawn_with("ingest", "ingest1", &tweak).await,
+            self.spawn_with("worker", "worker1", &tweak).await,
+            self.spawn_with("gateway", "gw-a", &tweak).await,
+            self.spawn_with("gateway", "gw-b", &tweak).await,
+        ]
+    }
+
+    /// SIGTERM to every node of `nodes` (each must exit cleanly within 20 s), then drops the
+    /// test's database.
+    async fn stop(self, nodes: &mut [&mut Node]) {
+        for n in nodes.iter_mut() {
+            n.term(Duration::from_secs(20)).await;
+        }
+        self.cl.db.drop_it().await;
+    }
+
     async fn routes(&self, redis_url: &str, room: &str) -> Vec<String> {
         use roomcast_core::ports::RouteTable;
         let redis =
@@ -1052,10 +1072,8 @@ async fn kill9_of_a_worker_under_load() {
             c.refused
         );
     }
-    for n in [&mut a, &mut b, &mut ingest, &mut w1, &mut w2] {
-        n.term(Duration::from_secs(20)).await;
-    }
-    p.cl.db.drop_it().await;
+    p.stop(&mut [&mut a, &mut b, &mut ingest, &mut w1, &mut w2])
+        .await;
 }
 
 /// kill -9 of a gateway: its clients reconnect to the other and recover with `since`; within the
@@ -1063,10 +1081,7 @@ async fn kill9_of_a_worker_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill9_of_a_gateway_under_load() {
     let mut p = Procs::new().await;
-    let mut ingest = p.spawn("ingest", "ingest1").await;
-    let mut worker = p.spawn("worker", "worker1").await;
-    let mut a = p.spawn("gateway", "gw-a").await;
-    let mut b = p.spawn("gateway", "gw-b").await;
+    let [mut ingest, mut worker, mut a, mut b] = p.spawn_cluster(|_| {}).await;
     let a_id = format!("gw-a-{}", p.cl.id);
     let rooms = ["gk0", "gk1"];
     let load = Load::start(&rooms, &[a.url(), b.url()], Duration::from_millis(50));
@@ -1148,10 +1163,7 @@ async fn kill9_of_a_gateway_under_load() {
             .all(|(_, s)| s.recovered >= 1),
         "and re-joined with since"
     );
-    for n in [&mut b, &mut ingest, &mut worker] {
-        n.term(Duration::from_secs(20)).await;
-    }
-    p.cl.db.drop_it().await;
+    p.stop(&mut [&mut b, &mut ingest, &mut worker]).await;
 }
 
 /// A rolling restart of both gateways (SIGTERM, wait, start again; then the other) while clients
@@ -1160,10 +1172,7 @@ async fn kill9_of_a_gateway_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_rolling_restart_of_both_gateways_loses_nothing() {
     let mut p = Procs::new().await;
-    let mut ingest = p.spawn("ingest", "ingest1").await;
-    let mut worker = p.spawn("worker", "worker1").await;
-    let mut a = p.spawn("gateway", "gw-a").await;
-    let mut b = p.spawn("gateway", "gw-b").await;
+    let [mut ingest, mut worker, mut a, mut b] = p.spawn_cluster(|_| {}).await;
     let rooms = ["rr0", "rr1"];
     let load = Load::start(&rooms, &[a.url(), b.url()], Duration::from_millis(50));
     every_follower_sees_new(&load, &HashMap::new(), Duration::from_secs(30)).await;
@@ -1189,10 +1198,8 @@ async fn a_rolling_restart_of_both_gateways_loses_nothing() {
             c.refused
         );
     }
-    for n in [&mut a, &mut b, &mut ingest, &mut worker] {
-        n.term(Duration::from_secs(20)).await;
-    }
-    p.cl.db.drop_it().await;
+    p.stop(&mut [&mut a, &mut b, &mut ingest, &mut worker])
+        .await;
 }
 
 /// Critical messages sent through one gateway's API, every `every`, to a user on the other
@@ -1344,10 +1351,7 @@ async fn a_service_restart_under_load(service: &'static str) {
         "kafka" => c.bus.url = url.clone(),
         _ => unreachable!(),
     };
-    let mut ingest = p.spawn_with("ingest", "ingest1", tweak).await;
-    let mut worker = p.spawn_with("worker", "worker1", tweak).await;
-    let mut a = p.spawn_with("gateway", "gw-a", tweak).await;
-    let mut b = p.spawn_with("gateway", "gw-b", tweak).await;
+    let [mut ingest, mut worker, mut a, mut b] = p.spawn_cluster(tweak).await;
     let rooms = ["sr0", "sr1"];
     let load = Load::start(&rooms, &[a.url(), b.url()], Duration::from_millis(50));
     let criticals = Criticals::start(a.http, &b.url(), Duration::from_millis(200)).await;
@@ -1473,10 +1477,8 @@ async fn a_service_restart_under_load(service: &'static str) {
     for (status, body) in &refused {
         assert_eq!(*status, 503, "a refused critical message says so: {body}");
     }
-    for n in [&mut a, &mut b, &mut ingest, &mut worker] {
-        n.term(Duration::from_secs(20)).await;
-    }
-    p.cl.db.drop_it().await;
+    p.stop(&mut [&mut a, &mut b, &mut ingest, &mut worker])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
