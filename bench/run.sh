@@ -8,6 +8,7 @@
 #   bench/run.sh fanout-1x5000 idle   just those
 #
 # Scenarios: fanout-1x5000 fanout-100x50 idle churn ramp-1x5000 ramp-100x50 default-config
+#            latency-default ramp-default deflate
 # Each run prints the exact roomcast-bench command it runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +80,26 @@ bench() { # $1: output name, then roomcast-bench arguments
 }
 
 CONFIG=${CONFIG:-bench/server.toml}
+
+# The shipped defaults, except what the load generator trips by design: the chat limits (its
+# publishers send far above what a real user may), the join budget and per-address cap
+# (thousands of connections from a few loopback addresses, publishers joining 100 rooms).
+defaults_config() {
+    local cfg="$DATA/default.toml"
+    cat >"$cfg" <<'EOF'
+[ingest]
+user_limit = { rate = 0, burst = 1 }
+room_limit = { rate = 0, burst = 1 }
+
+[gateway]
+max_rooms_per_conn = 1000
+join_limit = { rate = 0, burst = 1 }
+
+[http]
+max_connections_per_ip = 0
+EOF
+    echo "$cfg"
+}
 FAN_1="--rooms 1 --subscribers 5000 --publishers 2"
 FAN_100="--rooms 100 --subscribers 5000 --publishers 4"
 
@@ -105,27 +126,45 @@ run() {
         bench ramp-100x50 ramp $FAN_100 --start 750 --factor 2 --max-steps 6 --max-p99-ms 5000 \
             --duration 8 --plot "$OUT/ramp-100x50.png" ;;
     default-config)
-        # The same fan-out runs with the shipped defaults (20 ms batch window); only the chat
-        # limits are lifted for the publishers, and the anti-abuse limits the load generator
-        # trips by design (thousands of connections from a few loopback addresses, publishers
-        # joining many rooms at once) are off.
-        local cfg="$DATA/default.toml"
-        cat >"$cfg" <<'EOF'
-[ingest]
-user_limit = { rate = 0, burst = 1 }
-room_limit = { rate = 0, burst = 1 }
-
-[gateway]
-max_rooms_per_conn = 1000
-join_limit = { rate = 0, burst = 1 }
-
-[http]
-max_connections_per_ip = 0
-EOF
-        start_server "$cfg"
+        # The same fan-out runs with the shipped defaults; only the chat limits are lifted for
+        # the publishers, and the anti-abuse limits the load generator trips by design are off
+        # (see defaults_config).
+        start_server "$(defaults_config)"
         bench fanout-1x5000-default fanout $FAN_1 --rate 200 --duration 20
-        start_server "$cfg"
+        start_server "$(defaults_config)"
         bench fanout-100x50-default fanout $FAN_100 --rate 12000 --duration 20 ;;
+    latency-default)
+        # Issue 12's latency targets, three runs each, shipped defaults: 1 x 5,000 at 1 M and
+        # 4 M deliveries/s, 100 x 50 at 600,000 and 100,000 deliveries/s.
+        for i in 1 2 3; do
+            start_server "$(defaults_config)"
+            bench "latency-1x5000-1m-$i" fanout $FAN_1 --rate 200 --duration 20
+            start_server "$(defaults_config)"
+            bench "latency-1x5000-4m-$i" fanout $FAN_1 --rate 800 --duration 20
+            start_server "$(defaults_config)"
+            bench "latency-100x50-600k-$i" fanout $FAN_100 --rate 12000 --duration 20
+            start_server "$(defaults_config)"
+            bench "latency-100x50-100k-$i" fanout $FAN_100 --rate 2000 --duration 20
+        done ;;
+    ramp-default)
+        # Latency against rate with the shipped defaults (plots in docs/bench/).
+        start_server "$(defaults_config)"
+        bench ramp-1x5000-default ramp $FAN_1 --start 25 --factor 2 --max-steps 7 \
+            --max-p99-ms 5000 --duration 8 --plot "$OUT/ramp-1x5000-default.png"
+        start_server "$(defaults_config)"
+        bench ramp-100x50-default ramp $FAN_100 --start 750 --factor 2 --max-steps 6 \
+            --max-p99-ms 5000 --duration 8 --plot "$OUT/ramp-100x50-default.png" ;;
+    deflate)
+        # Bytes on the wire per delivery and server CPU with realistic chat lines, subscribers
+        # with and without permessage-deflate (shipped defaults: deflate on, level 6, 256 B).
+        for z in plain deflate; do
+            local flag=
+            [[ $z == deflate ]] && flag=--deflate
+            start_server "$(defaults_config)"
+            bench "deflate-1x5000-$z" fanout $FAN_1 --rate 200 --duration 20 --chat-text $flag
+            start_server "$(defaults_config)"
+            bench "deflate-100x50-$z" fanout $FAN_100 --rate 12000 --duration 20 --chat-text $flag
+        done ;;
     *)
         echo "unknown scenario $1" >&2
         exit 2 ;;

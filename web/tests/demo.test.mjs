@@ -134,6 +134,40 @@ test("two viewers in one room see each other in the chat list and as danmaku; an
   }
 });
 
+test("the browser negotiates permessage-deflate by itself and reads compressed batches", async () => {
+  // The handshake as Chromium saw it, from the DevTools protocol.
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const cdp = await context.newCDPSession(page);
+  await cdp.send("Network.enable");
+  const handshakes = [];
+  cdp.on("Network.webSocketWillSendHandshakeRequest", (e) => handshakes.push({ request: e.request.headers }));
+  cdp.on("Network.webSocketHandshakeResponseReceived", (e) => handshakes.push({ response: e.response.headers }));
+  await page.goto(base + "/");
+  await page.fill("#nick", "Zed");
+  await page.fill("#room", "zipped");
+  await page.click("#enter-btn");
+  await page.waitForSelector("#chat li.system >> text=You joined #zipped");
+  const header = (h, name) => Object.entries(h).find(([k]) => k.toLowerCase() === name)?.[1];
+  const offered = handshakes.map((h) => h.request && header(h.request, "sec-websocket-extensions")).find(Boolean);
+  const agreed = handshakes.map((h) => h.response && header(h.response, "sec-websocket-extensions")).find(Boolean);
+  assert.match(offered ?? "", /permessage-deflate/, "Chromium offers it with no code in the page");
+  assert.equal(agreed, "permessage-deflate; server_no_context_takeover; client_no_context_takeover");
+
+  // A line long enough for its batch to be compressed, from a second (also compressing) viewer.
+  const other = await viewer("Yan", "zipped");
+  const line = "哈哈哈 666 主播好厉害！🎉 ".repeat(10).trim();
+  await say(other.page, line);
+  await chatLine(page, line).waitFor();
+  await chatLine(other.page, line).waitFor();
+  const metrics = await (await fetch(base + "/metrics")).text();
+  const value = (name) => Number(metrics.match(new RegExp(`^${name} (\\d+)`, "m"))?.[1] ?? NaN);
+  assert.ok(value("roomcast_deflate_connections") >= 2, metrics.match(/roomcast_deflate.*/g)?.join("\n"));
+  assert.ok(value("roomcast_deflate_frames_total") >= 1, "the batch went out compressed");
+  await context.close();
+  await other.context.close();
+});
+
 test("danmaku in flight never overlap", async () => {
   const dan = await viewer("Dan", "flood");
   const eve = await viewer("Eve", "flood");

@@ -23,7 +23,7 @@ pub struct ChurnArgs {
 }
 
 async fn cycle(url: &WsUrl, token: &str, room: &str, wire: Wire) -> anyhow::Result<()> {
-    let mut c = Client::connect(url, None, token, wire).await?;
+    let mut c = Client::connect(url, None, token, wire, false).await?;
     c.join(room, 1).await?;
     let (opcode, payload) = request(
         wire,

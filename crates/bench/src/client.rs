@@ -62,6 +62,9 @@ pub struct FrameBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// permessage-deflate was negotiated: frames with RSV1 are inflated (into `inflated`).
+    deflate: bool,
+    inflated: Vec<u8>,
 }
 
 impl FrameBuf {
@@ -70,6 +73,8 @@ impl FrameBuf {
             buf: vec![0; 16 * 1024],
             start: 0,
             end: 0,
+            deflate: false,
+            inflated: Vec::new(),
         }
     }
 
@@ -118,14 +123,26 @@ impl FrameBuf {
         let mut frames = 0;
         loop {
             let avail = &self.buf[self.start..self.end];
-            let Some(head) = ws::parse_head(avail, false)? else {
+            let Some(head) = ws::parse_head_ext(avail, false, self.deflate)? else {
                 return Ok(frames);
             };
             let total = head.header_len + head.len as usize;
             if avail.len() < total {
                 return Ok(frames);
             }
-            let payload = &avail[head.header_len..total];
+            let payload: &[u8] = if head.rsv1 {
+                // Each message on its own (the server never takes its context over).
+                self.inflated.clear();
+                roomcast_proto::deflate::inflate(
+                    &avail[head.header_len..total],
+                    MAX_INFLATED,
+                    &mut self.inflated,
+                )
+                .map_err(|e| anyhow::anyhow!("a compressed frame did not inflate: {e:?}"))?;
+                &self.inflated
+            } else {
+                &avail[head.header_len..total]
+            };
             match head.opcode {
                 Opcode::Binary => {
                     for p in Packets::new(payload, usize::MAX) {
@@ -164,6 +181,9 @@ impl FrameBuf {
         }
     }
 }
+
+/// The largest message a compressed frame may inflate to here.
+const MAX_INFLATED: usize = 64 << 20;
 
 /// Parses 16 hex digits.
 fn hex16(b: &[u8]) -> u64 {
@@ -301,12 +321,14 @@ pub enum Event<'a> {
 }
 
 impl Client {
-    /// Connects, upgrades with `?token=`, and waits for `login_ok`.
+    /// Connects, upgrades with `?token=` (offering permessage-deflate when `deflate`), and
+    /// waits for `login_ok`.
     pub async fn connect(
         url: &WsUrl,
         src: Option<IpAddr>,
         token: &str,
         wire: Wire,
+        deflate: bool,
     ) -> anyhow::Result<Client> {
         let socket = if url.addr.is_ipv4() {
             TcpSocket::new_v4()?
@@ -334,8 +356,14 @@ impl Client {
         } else {
             ""
         };
+        let extensions = if deflate {
+            // What browsers offer.
+            "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+        } else {
+            ""
+        };
         let req = format!(
-            "GET {}?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: cm9vbWNhc3QtYmVuY2gtMQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n",
+            "GET {}?token={token} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: cm9vbWNhc3QtYmVuY2gtMQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}{extensions}\r\n",
             url.path, url.host
         );
         c.stream.write_all(req.as_bytes()).await?;
@@ -350,6 +378,13 @@ impl Client {
                 let head = String::from_utf8_lossy(&f.buf[..i]).to_string();
                 if !head.starts_with("HTTP/1.1 101") {
                     bail!("upgrade refused: {}", head.lines().next().unwrap_or(""));
+                }
+                f.deflate = head.lines().any(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.starts_with("sec-websocket-extensions:") && l.contains("permessage-deflate")
+                });
+                if deflate && !f.deflate {
+                    bail!("the server did not accept permessage-deflate");
                 }
                 f.start = i + 4;
                 break;
@@ -510,6 +545,52 @@ fn body_u64(wire: Wire, body: &[u8], field: u64, name: &str) -> u64 {
     }
 }
 
+/// Lines like those of a live room's chat: short, mixed Chinese, emoji and Latin, with the
+/// same phrases again and again.
+const CHAT_LINES: &[&str] = &[
+    "666",
+    "666666",
+    "哈哈哈",
+    "哈哈哈哈哈哈哈",
+    "主播好厉害！",
+    "前方高能",
+    "awsl",
+    "gg",
+    "nice shot!",
+    "🎉🎉🎉",
+    "这波操作可以",
+    "lol",
+    "来了来了",
+    "爷青回",
+    "233333",
+    "好活当赏",
+    "哈哈哈 笑死我了",
+    "what a play 🔥🔥",
+    "主播加油！💪",
+    "第一次来，关注了",
+    "弹幕护体",
+    "gg wp",
+    "awsl 太可爱了😍",
+    "下次一定",
+    "泪目😭",
+    "up up up",
+    "这是什么神仙操作",
+    "hello from Berlin 👋",
+    "？？？",
+    "好听！再来一首",
+    "牛啊牛啊",
+    "kkp",
+];
+
+/// What a chat message says after its 16-digit send time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChatText {
+    /// `x` up to the payload size (compresses to almost nothing).
+    Filler(usize),
+    /// A line from [`CHAT_LINES`], picked by the message's sequence number.
+    Chat,
+}
+
 /// A chat request carrying the send time in its first 16 characters.
 pub fn chat_packet(
     wire: Wire,
@@ -517,11 +598,21 @@ pub fn chat_packet(
     seq: u32,
     room: &str,
     sent_us: u64,
-    payload: usize,
+    what: ChatText,
 ) {
     let mut text = format!("{sent_us:016x}");
-    while text.len() < payload.max(16) {
-        text.push('x');
+    match what {
+        ChatText::Filler(payload) => {
+            while text.len() < payload.max(16) {
+                text.push('x');
+            }
+        }
+        ChatText::Chat => {
+            // A multiplicative hash, so that neighbours differ.
+            let i = (seq.wrapping_mul(2_654_435_761) >> 16) as usize % CHAT_LINES.len();
+            text.push(' ');
+            text.push_str(CHAT_LINES[i]);
+        }
     }
     match wire {
         Wire::JsonText => {
@@ -652,7 +743,7 @@ mod tests {
     fn chat_packets_decode_on_the_server_side() {
         for wire in [Wire::JsonBinary, Wire::Proto] {
             let mut out = Vec::new();
-            chat_packet(wire, &mut out, 9, "room-1", 0xabc, 100);
+            chat_packet(wire, &mut out, 9, "room-1", 0xabc, ChatText::Filler(100));
             let p = Packets::new(&out, 4096).next().unwrap().unwrap();
             let chat: roomcast_proto::body::Chat =
                 roomcast_proto::wire::decode_body(wire.body_format(), p.body).unwrap();

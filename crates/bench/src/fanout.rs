@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::Semaphore;
 
-use crate::client::{Client, Event, WsUrl, chat_packet};
+use crate::client::{ChatText, Client, Event, WsUrl, chat_packet};
 use crate::reader::{self, ReaderConfig, Sub, Track};
 use crate::stats::{
     self, Percentiles, Recorder, Report, ServerReport, Window, now_us, sample_server,
@@ -47,6 +47,9 @@ pub struct SubPlan {
     pub heartbeat_s: u64,
     /// Pause between the reader's rounds, µs (see `reader`).
     pub read_pace_us: u64,
+    /// Offer permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
 }
 
 impl SubPlan {
@@ -81,6 +84,7 @@ pub async fn start_subscribers(
         .collect::<anyhow::Result<_>>()?;
     let gate = Arc::new(Semaphore::new(plan.connect_concurrency.max(1)));
     let wire = plan.wire();
+    let deflate = plan.deflate;
     let mut joining = tokio::task::JoinSet::new();
     for k in plan.first..plan.first + plan.count {
         let url = urls[k % urls.len()].clone();
@@ -91,7 +95,7 @@ pub async fn start_subscribers(
         let (tokens, gate) = (tokens.clone(), gate.clone());
         joining.spawn(async move {
             let _permit = gate.acquire().await?;
-            let mut c = Client::connect(&url, src, &tokens.token(&user), wire).await?;
+            let mut c = Client::connect(&url, src, &tokens.token(&user), wire, deflate).await?;
             let baseline = match &room {
                 Some(room) => c.join(room, 1).await?,
                 None => 0,
@@ -176,6 +180,8 @@ pub enum ChildMsg {
         frames: u64,
         #[serde(default)]
         closed: u64,
+        #[serde(default)]
+        bytes: u64,
     },
     StepDone {
         step: usize,
@@ -230,6 +236,7 @@ pub async fn child_main() -> anyhow::Result<()> {
                     duplicates: rec.duplicates.load(Relaxed),
                     frames: rec.frames.load(Relaxed),
                     closed: rec.closed.load(Relaxed),
+                    bytes: rec.bytes.load(Relaxed),
                 };
                 say(&out, &m).await;
             }
@@ -255,6 +262,7 @@ pub async fn child_main() -> anyhow::Result<()> {
         duplicates: rec.duplicates.load(Relaxed),
         frames: rec.frames.load(Relaxed),
         closed: rec.closed.load(Relaxed),
+        bytes: rec.bytes.load(Relaxed),
     };
     say(&out, &final_progress).await;
     let seconds = rec
@@ -274,6 +282,7 @@ pub(crate) struct Child {
     duplicates: Arc<AtomicU64>,
     frames: Arc<AtomicU64>,
     closed: Arc<AtomicU64>,
+    bytes: Arc<AtomicU64>,
     msgs: tokio::sync::mpsc::UnboundedReceiver<ChildMsg>,
 }
 
@@ -293,18 +302,20 @@ async fn spawn_child(plan: &SubPlan) -> anyhow::Result<Child> {
     plan_line.push('\n');
     stdin.write_all(plan_line.as_bytes()).await?;
     let (tx, msgs) = tokio::sync::mpsc::unbounded_channel();
-    let (delivered, duplicates, frames, closed) = (
+    let (delivered, duplicates, frames, closed, bytes) = (
+        Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicU64::new(0)),
     );
     {
-        let (d, du, f, cl) = (
+        let (d, du, f, cl, by) = (
             delivered.clone(),
             duplicates.clone(),
             frames.clone(),
             closed.clone(),
+            bytes.clone(),
         );
         tokio::spawn(async move {
             let mut lines = BufReader::new(stdout).lines();
@@ -315,11 +326,13 @@ async fn spawn_child(plan: &SubPlan) -> anyhow::Result<Child> {
                         duplicates,
                         frames,
                         closed,
+                        bytes,
                     }) => {
                         d.store(delivered, Relaxed);
                         du.store(duplicates, Relaxed);
                         f.store(frames, Relaxed);
                         cl.store(closed, Relaxed);
+                        by.store(bytes, Relaxed);
                     }
                     Ok(m) => {
                         let _ = tx.send(m);
@@ -336,6 +349,7 @@ async fn spawn_child(plan: &SubPlan) -> anyhow::Result<Child> {
         duplicates,
         frames,
         closed,
+        bytes,
         msgs,
     })
 }
@@ -404,6 +418,13 @@ impl Subs {
         match self {
             Subs::Local(s) => s.recorder.frames.load(Relaxed),
             Subs::Children(c) => c.iter().map(|c| c.frames.load(Relaxed)).sum(),
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        match self {
+            Subs::Local(s) => s.recorder.bytes.load(Relaxed),
+            Subs::Children(c) => c.iter().map(|c| c.bytes.load(Relaxed)).sum(),
         }
     }
 
@@ -493,7 +514,6 @@ pub struct FanoutArgs {
     pub publishers: usize,
     /// Messages per second in total, one entry per step.
     pub rates: Vec<f64>,
-    pub payload: usize,
     pub duration: Duration,
     pub proto: bool,
     pub secret: String,
@@ -504,6 +524,10 @@ pub struct FanoutArgs {
     pub max_p99_ms: Option<f64>,
     pub quiet: bool,
     pub read_pace_us: u64,
+    /// Subscribers and publishers offer permessage-deflate.
+    pub deflate: bool,
+    /// What the chat messages say.
+    pub text: ChatText,
 }
 
 /// Pacing of one publisher: the rooms it writes to, round robin.
@@ -564,6 +588,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         connect_concurrency: 256,
         heartbeat_s: 0,
         read_pace_us: a.read_pace_us,
+        deflate: a.deflate,
     };
     let mut subs = if a.procs <= 1 {
         Subs::Local(
@@ -609,8 +634,14 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             my_rooms
         };
         let url = &urls[i % urls.len()];
-        let mut c =
-            Client::connect(url, None, &tokens.token(&format!("pub-{run_id}-{i}")), wire).await?;
+        let mut c = Client::connect(
+            url,
+            None,
+            &tokens.token(&format!("pub-{run_id}-{i}")),
+            wire,
+            a.deflate,
+        )
+        .await?;
         for (j, r) in my_rooms.iter().enumerate() {
             c.join(&rooms[*r], 1 + j as u32).await?;
         }
@@ -648,6 +679,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
         let delivered0 = subs.delivered();
         let dup0 = subs.duplicates();
         let frames0 = subs.frames();
+        let bytes0 = subs.bytes();
         let closed0 = subs.closed();
         let acc0: Vec<u64> = accepted.per_room.iter().map(|c| c.load(Relaxed)).collect();
         let rej0 = accepted.rejected.load(Relaxed);
@@ -670,7 +702,7 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             &mut publishers,
             &rooms,
             rate,
-            a.payload,
+            a.text,
             a.duration,
             wire,
             &subs,
@@ -777,6 +809,9 @@ pub async fn run(a: FanoutArgs) -> anyhow::Result<Report> {
             duplicates: subs.duplicates() - dup0,
             deliveries_per_sec: delivered as f64 / publish_time.as_secs_f64(),
             frames: subs.frames() - frames0,
+            wire_bytes: subs.bytes() - bytes0,
+            wire_bytes_per_delivery: (subs.bytes() - bytes0) as f64 / delivered.max(1) as f64,
+            deflate: a.deflate,
             disconnected: subs.closed() - closed0,
             latency_ms: Percentiles::of(&hist),
             server,
@@ -839,7 +874,7 @@ async fn publish(
     publishers: &mut [Publisher],
     rooms: &[String],
     rate: f64,
-    payload: usize,
+    text: ChatText,
     duration: Duration,
     wire: Wire,
     subs: &Subs,
@@ -875,7 +910,7 @@ async fn publish(
                 let stamp = now_us();
                 for _ in 0..n {
                     let room = &rooms[p.rooms[((seq - CHAT_SEQ_BASE) as usize) % p.rooms.len()]];
-                    chat_packet(wire, &mut frame, seq, room, stamp, payload);
+                    chat_packet(wire, &mut frame, seq, room, stamp, text);
                     seq = seq.wrapping_add(1).max(CHAT_SEQ_BASE);
                 }
                 let opcode = if wire == Wire::JsonText {

@@ -56,6 +56,7 @@ pub async fn run(a: IdleArgs) -> anyhow::Result<Report> {
             connect_concurrency: 256,
             heartbeat_s: a.heartbeat_s,
             read_pace_us: a.read_pace_us,
+            deflate: false,
         };
         if procs == 1 {
             groups.push(start_subscribers(&plan, bar.as_ref()).await?);

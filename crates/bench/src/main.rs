@@ -75,9 +75,17 @@ struct FanoutOpts {
     subscribers: usize,
     #[arg(long, default_value_t = 4)]
     publishers: usize,
-    /// Payload (chat text) size in bytes
+    /// Payload (chat text) size in bytes (filler text; see --chat-text)
     #[arg(long, default_value_t = 100)]
     payload: usize,
+    /// Realistic chat lines (mixed Chinese, emoji and Latin, repeated phrases like "666")
+    /// instead of --payload bytes of filler
+    #[arg(long)]
+    chat_text: bool,
+    /// Subscribers and publishers offer permessage-deflate (as browsers do); the report gives
+    /// the bytes read on the wire per delivery either way
+    #[arg(long)]
+    deflate: bool,
     /// Seconds of publishing (per step for ramp)
     #[arg(long, default_value_t = 10)]
     duration: u64,
@@ -165,7 +173,6 @@ fn fanout_args(o: &FanoutOpts, rates: Vec<f64>, max_p99_ms: Option<f64>) -> fano
         subscribers: o.subscribers,
         publishers: o.publishers,
         rates,
-        payload: o.payload,
         duration: Duration::from_secs(o.duration),
         proto: o.common.wire == "proto",
         secret: o.common.secret.clone(),
@@ -175,6 +182,12 @@ fn fanout_args(o: &FanoutOpts, rates: Vec<f64>, max_p99_ms: Option<f64>) -> fano
         max_p99_ms,
         quiet: o.common.quiet,
         read_pace_us: o.common.read_pace_us,
+        deflate: o.deflate,
+        text: if o.chat_text {
+            client::ChatText::Chat
+        } else {
+            client::ChatText::Filler(o.payload)
+        },
     }
 }
 

@@ -122,6 +122,7 @@ struct Round {
     delivered: u64,
     duplicates: u64,
     frames: u64,
+    bytes: u64,
     latencies: Vec<u64>,
 }
 
@@ -133,6 +134,7 @@ impl Round {
             (&recorder.frames, &mut self.frames),
             (&recorder.delivered, &mut self.delivered),
             (&recorder.duplicates, &mut self.duplicates),
+            (&recorder.bytes, &mut self.bytes),
         ] {
             if *n > 0 {
                 total.fetch_add(*n, Relaxed);
@@ -187,10 +189,10 @@ pub fn run(
                 continue;
             }
             let s = &mut subs[i];
-            let got = s
-                .frames
-                .fill_now(&mut s.stream)
-                .and_then(|_| take_frames(s, cfg.wire, &mut round));
+            let got = s.frames.fill_now(&mut s.stream).and_then(|n| {
+                round.bytes += n as u64;
+                take_frames(s, cfg.wire, &mut round)
+            });
             if let Err(e) = got {
                 drop_sub(i, s, e, &mut alive);
             }

@@ -42,6 +42,8 @@ pub struct Recorder {
     pub duplicates: AtomicU64,
     /// Frames received by subscribers.
     pub frames: AtomicU64,
+    /// Bytes subscribers read from their sockets (WebSocket framing included).
+    pub bytes: AtomicU64,
     /// Subscriber connections closed by the server (or failed) before the end.
     pub closed: AtomicU64,
 }
@@ -62,6 +64,7 @@ impl Recorder {
             delivered: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             frames: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
             closed: AtomicU64::new(0),
         })
     }
@@ -228,6 +231,15 @@ pub struct Report {
     pub duplicates: u64,
     pub deliveries_per_sec: f64,
     pub frames: u64,
+    /// Bytes subscribers read from their sockets in the step (frames and headers), and per
+    /// delivery: the egress a viewer costs.
+    #[serde(default)]
+    pub wire_bytes: u64,
+    #[serde(default)]
+    pub wire_bytes_per_delivery: f64,
+    /// Whether subscribers negotiated permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
     /// Subscriber connections the server closed (or that failed) during the run.
     #[serde(default)]
     pub disconnected: u64,
@@ -269,6 +281,16 @@ impl Report {
             println!("lost                {}", self.lost);
             println!("duplicates          {}", self.duplicates);
             println!("frames received     {}", self.frames);
+            println!(
+                "bytes on the wire   {} ({:.1} per delivery{})",
+                self.wire_bytes,
+                self.wire_bytes_per_delivery,
+                if self.deflate {
+                    ", permessage-deflate"
+                } else {
+                    ""
+                }
+            );
             if self.disconnected > 0 {
                 println!(
                     "disconnected        {} (closed by the server)",

@@ -43,6 +43,13 @@ pub struct GatewayConfig {
     /// a pass ends. The pause (at most 500 ms) adds to the room workers' batch window: use it
     /// with a short one.
     pub fanout_spacing: f64,
+    /// Offer permessage-deflate (RFC 7692) to clients that ask for it (browsers do). Each frame
+    /// is compressed once and the same bytes go to every connection that negotiated it.
+    pub deflate: bool,
+    /// zlib level for it: 1 (fastest) to 9 (smallest).
+    pub deflate_level: u32,
+    /// Frames with a smaller payload go out uncompressed (compressing them saves little).
+    pub deflate_min_bytes: usize,
     /// Time to wait for clients to complete the closing handshake.
     pub close_grace_ms: u64,
     /// Kernel send buffer per connection (`SO_SNDBUF`), so that a stalled reader pins at most
@@ -89,6 +96,9 @@ impl Default for GatewayConfig {
             online_push_interval_ms: 1000,
             fanout_chunk: 512,
             fanout_spacing: 1.0,
+            deflate: true,
+            deflate_level: 6,
+            deflate_min_bytes: 256,
             close_grace_ms: 2000,
             socket_send_buffer: 128 * 1024,
             critical_retry_base_ms: 2000,
@@ -113,6 +123,14 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The compression settings of the frames this gateway sends.
+    pub fn deflate_settings(&self) -> roomcast_proto::deflate::Settings {
+        roomcast_proto::deflate::Settings {
+            level: self.deflate_level.clamp(1, 9),
+            min_bytes: self.deflate_min_bytes,
+        }
+    }
+
     pub fn heartbeat(&self) -> Duration {
         Duration::from_secs(self.heartbeat_s.max(1) as u64)
     }

@@ -178,6 +178,13 @@ pub struct Metrics {
     /// The batch window a room worker most recently adapted to, in microseconds.
     pub batch_window_us: Gauge,
     pub frames_out: Counter,
+    /// Frames compressed with permessage-deflate (once per frame, whatever the connections).
+    pub deflate_frames: Counter,
+    /// Their payload bytes before and after compression.
+    pub deflate_in_bytes: Counter,
+    pub deflate_out_bytes: Counter,
+    /// Open connections that negotiated permessage-deflate.
+    pub deflate_connections: Gauge,
     pub deliveries: Counter,
     /// One pass writes a room's pending frames to every local member.
     pub fanout_passes: Counter,
@@ -233,6 +240,10 @@ impl Default for Metrics {
             batch_size: Histogram::new(BATCH_SIZES),
             batch_window_us: Gauge::default(),
             frames_out: Counter::default(),
+            deflate_frames: Counter::default(),
+            deflate_in_bytes: Counter::default(),
+            deflate_out_bytes: Counter::default(),
+            deflate_connections: Gauge::default(),
             deliveries: Counter::default(),
             fanout_passes: Counter::default(),
             fanout_pass_big: Histogram::new(LATENCY_S),
@@ -279,6 +290,12 @@ impl Metrics {
             "roomcast_connections",
             "Open WebSocket connections.",
             self.connections.get(),
+        );
+        gauge(
+            &mut o,
+            "roomcast_deflate_connections",
+            "Open WebSocket connections that negotiated permessage-deflate.",
+            self.deflate_connections.get(),
         );
         gauge(
             &mut o,
@@ -414,6 +431,24 @@ impl Metrics {
             "roomcast_frames_out_total",
             "WebSocket frames written or queued to connections.",
             self.frames_out.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_deflate_frames_total",
+            "Frames compressed with permessage-deflate: once per frame, shared by every connection that negotiated it.",
+            self.deflate_frames.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_deflate_in_bytes_total",
+            "Payload bytes of those frames before compression.",
+            self.deflate_in_bytes.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_deflate_out_bytes_total",
+            "Payload bytes of those frames after compression.",
+            self.deflate_out_bytes.get(),
         );
         counter(
             &mut o,

@@ -10,6 +10,7 @@
 //! load generator and any Rust client. It must not learn about rooms, users or sockets.
 
 pub mod body;
+pub mod deflate;
 pub mod op;
 pub mod packet;
 pub mod text;

@@ -4,7 +4,8 @@
 //! needs framing as plain functions rather than a stream wrapper: [`frame_head`] builds headers,
 //! [`Decoder`] turns received bytes into messages (unmasking in place, joining fragments,
 //! validating control frames, UTF-8 and sizes) and reports violations with the close code the
-//! RFC asks for. Compression extensions are not negotiated.
+//! RFC asks for. With permessage-deflate negotiated ([`crate::deflate`]), it inflates compressed
+//! messages, with the size limit applied to what they inflate to.
 
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
@@ -45,6 +46,9 @@ const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 pub const MAX_SERVER_HEADER: usize = 10;
 /// Largest header of a masked (client) frame.
 pub const MAX_CLIENT_HEADER: usize = 14;
+
+/// The RSV1 bit of a frame's first byte: a message compressed with permessage-deflate.
+pub const RSV1: u8 = 0x40;
 
 /// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
 pub fn accept_key(key: &[u8]) -> String {
@@ -90,6 +94,10 @@ pub enum WsError {
     InvalidUtf8,
     #[error("message of {len} bytes exceeds the limit of {max}")]
     TooBig { len: u64, max: usize },
+    #[error("compressed message inflates past the limit of {max} bytes")]
+    InflatesTooBig { max: usize },
+    #[error("compressed message is not valid deflate data")]
+    BadCompression,
 }
 
 impl WsError {
@@ -98,7 +106,8 @@ impl WsError {
         match self {
             WsError::Protocol(_) => close::PROTOCOL_ERROR,
             WsError::InvalidUtf8 => close::INVALID_PAYLOAD,
-            WsError::TooBig { .. } => close::MESSAGE_TOO_BIG,
+            WsError::TooBig { .. } | WsError::InflatesTooBig { .. } => close::MESSAGE_TOO_BIG,
+            WsError::BadCompression => close::INVALID_PAYLOAD,
         }
     }
 }
@@ -107,6 +116,8 @@ impl WsError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameHead {
     pub fin: bool,
+    /// RSV1: the message is compressed (only with permessage-deflate negotiated).
+    pub rsv1: bool,
     pub opcode: Opcode,
     pub mask: Option<[u8; 4]>,
     pub len: u64,
@@ -116,16 +127,28 @@ pub struct FrameHead {
 /// Parses a frame header. `Ok(None)`: more bytes are needed. `masked`: whether frames must be
 /// masked (true on the server, which reads client frames; false on a client).
 pub fn parse_head(buf: &[u8], masked: bool) -> Result<Option<FrameHead>, WsError> {
+    parse_head_ext(buf, masked, false)
+}
+
+/// [`parse_head`] on a connection that negotiated permessage-deflate when `deflate`: RSV1 is
+/// then allowed on the first frame of a data message (whoever calls this checks the rest).
+pub fn parse_head_ext(
+    buf: &[u8],
+    masked: bool,
+    deflate: bool,
+) -> Result<Option<FrameHead>, WsError> {
     if buf.len() < 2 {
         return Ok(None);
     }
     let b0 = buf[0];
     let b1 = buf[1];
-    if b0 & 0x70 != 0 {
+    let reserved = if deflate { 0x30 } else { 0x70 };
+    if b0 & reserved != 0 {
         return Err(WsError::Protocol(
             "reserved bits set without a negotiated extension",
         ));
     }
+    let rsv1 = b0 & RSV1 != 0;
     let opcode = Opcode::from_u8(b0 & 0x0f).ok_or(WsError::Protocol("unknown opcode"))?;
     let fin = b0 & 0x80 != 0;
     let is_masked = b1 & 0x80 != 0;
@@ -164,6 +187,14 @@ pub fn parse_head(buf: &[u8], masked: bool) -> Result<Option<FrameHead>, WsError
             "control frames must be final and at most 125 bytes",
         ));
     }
+    if rsv1 && opcode.is_control() {
+        return Err(WsError::Protocol("control frames cannot be compressed"));
+    }
+    if rsv1 && opcode == Opcode::Continuation {
+        return Err(WsError::Protocol(
+            "RSV1 belongs on the first frame of a message only",
+        ));
+    }
     let mask = if is_masked {
         let m = 2 + ext;
         Some([buf[m], buf[m + 1], buf[m + 2], buf[m + 3]])
@@ -172,6 +203,7 @@ pub fn parse_head(buf: &[u8], masked: bool) -> Result<Option<FrameHead>, WsError
     };
     Ok(Some(FrameHead {
         fin,
+        rsv1,
         opcode,
         mask,
         len,
@@ -250,6 +282,15 @@ pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
     p
 }
 
+/// Inflates a compressed message into `out` (emptied first).
+fn inflate_into(input: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), WsError> {
+    out.clear();
+    crate::deflate::inflate(input, max, out).map_err(|e| match e {
+        crate::deflate::InflateError::TooBig => WsError::InflatesTooBig { max },
+        crate::deflate::InflateError::Corrupt => WsError::BadCompression,
+    })
+}
+
 /// Whether a received close code is one a peer may send (RFC 6455 section 7.4).
 pub fn is_valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
@@ -279,11 +320,20 @@ pub struct Decoded<'a> {
 pub struct Decoder {
     max_message: usize,
     masked: bool,
+    /// permessage-deflate was negotiated: messages with RSV1 are inflated.
+    deflate: bool,
     frag_opcode: Option<Opcode>,
+    /// The message being assembled is compressed (its fragments are held as received).
+    frag_compressed: bool,
     frag: Vec<u8>,
-    /// The last returned message lived in `frag`; clear it on the next call.
+    /// An inflated message.
+    inflated: Vec<u8>,
+    /// The last returned message lived in `frag` or `inflated`; clear them on the next call.
     frag_done: bool,
 }
+
+/// Buffers bigger than this are given back once their message is handled.
+const KEEP_BUFFER: usize = 64 * 1024;
 
 impl Decoder {
     /// A decoder for client frames (masked), as used by a server.
@@ -300,15 +350,37 @@ impl Decoder {
         Decoder {
             max_message,
             masked,
+            deflate: false,
             frag_opcode: None,
+            frag_compressed: false,
             frag: Vec::new(),
+            inflated: Vec::new(),
             frag_done: false,
         }
+    }
+
+    /// Accepts compressed messages (permessage-deflate negotiated, without context takeover:
+    /// each message inflates on its own). `max_message` then limits the inflated size.
+    pub fn with_deflate(mut self, on: bool) -> Self {
+        self.deflate = on;
+        self
     }
 
     /// Whether a fragmented message is being assembled (its bytes are held here).
     pub fn holds_partial_message(&self) -> bool {
         self.frag_opcode.is_some()
+    }
+
+    /// What a compressed message may take on the wire: a little more than its inflated limit
+    /// (deflate's stored blocks add 5 bytes per 64 KiB to data that does not compress).
+    fn wire_limit(&self, compressed: bool) -> usize {
+        if compressed {
+            self.max_message
+                .saturating_add(self.max_message / 1024)
+                .saturating_add(64)
+        } else {
+            self.max_message
+        }
     }
 
     /// Decodes at most one message from `buf`, unmasking in place. Call again with
@@ -317,13 +389,17 @@ impl Decoder {
         if self.frag_done {
             self.frag_done = false;
             self.frag.clear();
-            if self.frag.capacity() > 64 * 1024 {
+            if self.frag.capacity() > KEEP_BUFFER {
                 self.frag = Vec::new();
+            }
+            self.inflated.clear();
+            if self.inflated.capacity() > KEEP_BUFFER {
+                self.inflated = Vec::new();
             }
         }
         let mut pos = 0;
         loop {
-            let head = match parse_head(&buf[pos..], self.masked)? {
+            let head = match parse_head_ext(&buf[pos..], self.masked, self.deflate)? {
                 Some(h) => h,
                 None => {
                     return Ok(Decoded {
@@ -332,15 +408,16 @@ impl Decoder {
                     });
                 }
             };
-            let held = if head.opcode.is_control() {
-                0
-            } else {
-                self.frag.len() as u64
+            let (held, compressed) = match head.opcode {
+                o if o.is_control() => (0, false),
+                Opcode::Continuation => (self.frag.len() as u64, self.frag_compressed),
+                _ => (0, head.rsv1),
             };
-            if head.len.saturating_add(held) > self.max_message as u64 {
+            let limit = self.wire_limit(compressed);
+            if head.len.saturating_add(held) > limit as u64 {
                 return Err(WsError::TooBig {
                     len: head.len.saturating_add(held),
-                    max: self.max_message,
+                    max: limit,
                 });
             }
             let start = pos + head.header_len;
@@ -375,15 +452,21 @@ impl Decoder {
                         ));
                     }
                     if head.fin {
-                        let payload = &buf[start..end];
-                        let message = data_message(head.opcode, payload)?;
+                        let message = if head.rsv1 {
+                            self.frag_done = true;
+                            inflate_into(&buf[start..end], self.max_message, &mut self.inflated)?;
+                            data_message(head.opcode, &self.inflated)?
+                        } else {
+                            data_message(head.opcode, &buf[start..end])?
+                        };
                         return Ok(Decoded {
                             consumed: pos,
                             message: Some(message),
                         });
                     }
                     self.frag_opcode = Some(head.opcode);
-                    self.push_fragment(&buf[start..end]);
+                    self.frag_compressed = head.rsv1;
+                    self.push_fragment(&buf[start..end], limit);
                 }
                 Opcode::Continuation => {
                     let Some(opcode) = self.frag_opcode else {
@@ -391,11 +474,16 @@ impl Decoder {
                             "continuation frame without a message to continue",
                         ));
                     };
-                    self.push_fragment(&buf[start..end]);
+                    self.push_fragment(&buf[start..end], limit);
                     if head.fin {
                         self.frag_opcode = None;
                         self.frag_done = true;
-                        let message = data_message(opcode, &self.frag)?;
+                        let message = if self.frag_compressed {
+                            inflate_into(&self.frag, self.max_message, &mut self.inflated)?;
+                            data_message(opcode, &self.inflated)?
+                        } else {
+                            data_message(opcode, &self.frag)?
+                        };
                         return Ok(Decoded {
                             consumed: pos,
                             message: Some(message),
@@ -409,10 +497,10 @@ impl Decoder {
     /// Appends a fragment's payload. The buffer grows by doubling like a `Vec`, but never past
     /// the message limit (plain doubling could reserve almost twice the limit); the caller has
     /// checked that the message fits.
-    fn push_fragment(&mut self, bytes: &[u8]) {
+    fn push_fragment(&mut self, bytes: &[u8], limit: usize) {
         let need = self.frag.len() + bytes.len();
         if need > self.frag.capacity() {
-            let target = (self.frag.capacity() * 2).min(self.max_message).max(need);
+            let target = (self.frag.capacity() * 2).min(limit).max(need);
             self.frag.reserve_exact(target - self.frag.len());
         }
         self.frag.extend_from_slice(bytes);
@@ -520,6 +608,82 @@ mod tests {
         let d = dec.decode(&mut all).unwrap();
         assert_eq!(d.consumed, full.len());
         assert_eq!(d.message, Some(Message::Binary(&[7u8; 300])));
+    }
+
+    fn zframe(fin: bool, opcode: Opcode, payload: &[u8]) -> Vec<u8> {
+        let mut out = frame(fin, opcode, payload);
+        out[0] |= RSV1;
+        out
+    }
+
+    fn compressed(text: &[u8]) -> Vec<u8> {
+        let mut z = Vec::new();
+        crate::deflate::deflate(text, crate::deflate::Deflate::On, 6, &mut z);
+        z
+    }
+
+    #[test]
+    fn compressed_messages_inflate_whole_or_fragmented() {
+        let text = "哈哈哈 666 ".repeat(50);
+        let z = compressed(text.as_bytes());
+        let mut buf = zframe(true, Opcode::Text, &z);
+        buf.extend(frame(true, Opcode::Text, b"plain"));
+        let (a, b) = z.split_at(z.len() / 2);
+        buf.extend(zframe(false, Opcode::Binary, a));
+        buf.extend(frame(true, Opcode::Ping, b"p"));
+        buf.extend(frame(true, Opcode::Continuation, b));
+        let mut dec = Decoder::server(1024).with_deflate(true);
+        let got = decode_all(&mut dec, &mut buf).unwrap();
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[0], format!("Text({text:?})"));
+        assert_eq!(got[1], "Text(\"plain\")");
+        assert_eq!(got[2], "Ping([112])");
+        assert_eq!(got[3], format!("Binary({:?})", text.as_bytes()));
+    }
+
+    #[test]
+    fn compression_violations_map_to_close_codes() {
+        let bomb = compressed(&[b'a'; 100_000]);
+        assert!(bomb.len() < 1024, "{}", bomb.len());
+        let cases: Vec<(Vec<u8>, u16)> = vec![
+            // Inflates past the limit: 1009, whatever its size on the wire.
+            (zframe(true, Opcode::Binary, &bomb), close::MESSAGE_TOO_BIG),
+            (
+                zframe(true, Opcode::Text, &[0xff; 40]),
+                close::INVALID_PAYLOAD,
+            ),
+            (
+                zframe(true, Opcode::Text, &compressed(&[0xff, 0xfe])),
+                close::INVALID_PAYLOAD,
+            ),
+            (zframe(true, Opcode::Ping, b""), close::PROTOCOL_ERROR),
+            (
+                [
+                    frame(false, Opcode::Text, b"a"),
+                    zframe(true, Opcode::Continuation, b"b"),
+                ]
+                .concat(),
+                close::PROTOCOL_ERROR,
+            ),
+            // RSV2 stays reserved.
+            (vec![0x82 | 0x20, 0x80, 0, 0, 0, 0], close::PROTOCOL_ERROR),
+        ];
+        for (i, (mut buf, code)) in cases.into_iter().enumerate() {
+            let mut dec = Decoder::server(4096).with_deflate(true);
+            match decode_all(&mut dec, &mut buf) {
+                Err(e) => assert_eq!(e.close_code(), code, "case {i}: {e}"),
+                Ok(m) => panic!("case {i}: decoded {m:?}"),
+            }
+        }
+        // A decoder that did not negotiate it refuses RSV1 (see below) and, after an inflated
+        // message, still decodes plain ones.
+        let mut dec = Decoder::server(4096).with_deflate(true);
+        let mut buf = zframe(true, Opcode::Text, &compressed(b"hi"));
+        buf.extend(frame(true, Opcode::Text, b"there"));
+        assert_eq!(
+            decode_all(&mut dec, &mut buf).unwrap(),
+            vec!["Text(\"hi\")", "Text(\"there\")"]
+        );
     }
 
     #[test]

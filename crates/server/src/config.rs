@@ -453,6 +453,9 @@ impl Config {
         if !(1.0..=100.0).contains(&g.fanout_spacing) {
             bail!("gateway.fanout_spacing must be between 1.0 and 100.0");
         }
+        if !(1..=9).contains(&g.deflate_level) {
+            bail!("gateway.deflate_level must be between 1 and 9");
+        }
         if !(0.0..=100.0).contains(&self.worker.pass_window_factor) {
             bail!("worker.pass_window_factor must be between 0 and 100");
         }
@@ -865,6 +868,11 @@ mod tests {
         let c =
             Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__FANOUT_SPACING", "2")])).unwrap();
         assert_eq!(c.gateway.fanout_spacing, 2.0, "an integer is accepted");
+        for bad in ["0", "10"] {
+            let e = Config::load_with_env(None, env(&[("ROOMCAST_GATEWAY__DEFLATE_LEVEL", bad)]))
+                .unwrap_err();
+            assert!(format!("{e:#}").contains("deflate_level"), "{bad}: {e:#}");
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ use roomcast_core::gateway::limits::Bucket;
 use roomcast_core::gateway::{AcceptError, Gateway, Upgraded};
 use roomcast_core::metrics::Metrics;
 use roomcast_proto::Wire;
+use roomcast_proto::deflate::Deflate;
 use roomcast_proto::wire::{SUBPROTOCOL_JSON, SUBPROTOCOL_PROTO};
 use roomcast_proto::ws::accept_key;
 use serde_json::json;
@@ -310,6 +311,13 @@ fn upgrade(s: Arc<HttpState>, mut req: Request, echo: bool) -> Response {
         },
     };
     let (subprotocol, wire) = choose_subprotocol(req.headers());
+    let deflate = s.gateway.negotiate_deflate(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    let mode = deflate.as_ref().map_or(Deflate::Off, |d| d.mode);
     let peer = req
         .extensions()
         .get::<PeerAddr>()
@@ -340,6 +348,7 @@ fn upgrade(s: Arc<HttpState>, mut req: Request, echo: bool) -> Response {
                     identity,
                     hold,
                     echo,
+                    deflate: mode,
                 };
                 if let Err(e) = gateway.accept(up) {
                     tracing::info!(error = %e, "connection refused after upgrade");
@@ -358,6 +367,9 @@ fn upgrade(s: Arc<HttpState>, mut req: Request, echo: bool) -> Response {
     }
     if let Some(p) = subprotocol {
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    if let Some(v) = deflate.and_then(|d| HeaderValue::from_str(&d.response).ok()) {
+        h.insert(header::SEC_WEBSOCKET_EXTENSIONS, v);
     }
     r
 }

@@ -30,6 +30,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use roomcast_proto::deflate::Deflate;
 use roomcast_proto::ws::{self, Opcode};
 use roomcast_proto::{BodyFormat, Wire};
 use tokio::net::TcpStream;
@@ -155,6 +156,8 @@ pub struct Conn {
     user: std::sync::OnceLock<crate::ids::UserId>,
     /// A conformance (echo) connection: data frames are echoed, no login.
     pub(crate) echo: bool,
+    /// permessage-deflate, as negotiated on upgrade.
+    pub(crate) deflate: Deflate,
     /// Declared last: released after the socket closes.
     _hold: SocketHold,
 }
@@ -205,6 +208,7 @@ impl Conn {
             closing_since_ms: AtomicU64::new(0),
             user: std::sync::OnceLock::new(),
             echo: false,
+            deflate: Deflate::Off,
             _hold: hold,
         }
     }
@@ -215,6 +219,11 @@ impl Conn {
             1 => Wire::JsonBinary,
             _ => Wire::Proto,
         }
+    }
+
+    /// Whether (and how) frames to this connection may be compressed.
+    pub fn deflate(&self) -> Deflate {
+        self.deflate
     }
 
     pub fn body_format(&self) -> BodyFormat {

@@ -54,7 +54,7 @@ impl Gateway {
             ts: p.ts,
         };
         for conn in &conns {
-            let frame = single_frame(conn.wire(), Op::Critical, 0, &msg);
+            let frame = self.for_conn(conn, single_frame(conn.wire(), Op::Critical, 0, &msg));
             if conn.send(&frame, false, &self.limits, &self.deps.metrics)
                 == super::conn::Sent::TooSlow
             {

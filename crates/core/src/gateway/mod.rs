@@ -29,6 +29,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use roomcast_proto::Wire;
 use roomcast_proto::body::Kicked;
+use roomcast_proto::deflate::{self, Deflate};
 use roomcast_proto::ws::close;
 use tokio::net::TcpStream;
 
@@ -84,6 +85,8 @@ pub struct Upgraded {
     /// The conformance endpoint (`/dev/echo`): the same connection code, data frames echoed,
     /// no login.
     pub echo: bool,
+    /// What the upgrade negotiated (see [`Gateway::negotiate_deflate`]).
+    pub deflate: Deflate,
 }
 
 pub struct Gateway {
@@ -101,6 +104,7 @@ pub struct Gateway {
     /// Notified when the last connection ends.
     all_closed: tokio::sync::Notify,
     limits: SendLimits,
+    deflate: deflate::Settings,
     /// Retry deadlines of critical messages sent from this node: (ms, user, msg_id).
     critical_schedule: Mutex<std::collections::BinaryHeap<std::cmp::Reverse<(u64, UserId, u64)>>>,
     /// A retry pass is running (passes run in their own task, never two at once).
@@ -132,6 +136,7 @@ impl Gateway {
             shutting_down: AtomicBool::new(false),
             all_closed: tokio::sync::Notify::new(),
             limits,
+            deflate: cfg.deflate_settings(),
             critical_schedule: Mutex::new(std::collections::BinaryHeap::new()),
             retrying: AtomicBool::new(false),
             new_rooms: Mutex::new(limits::Bucket::new(&cfg.new_room_limit, 0)),
@@ -187,6 +192,28 @@ impl Gateway {
         }
     }
 
+    /// The permessage-deflate offer to accept from the values of an upgrade request's
+    /// `Sec-WebSocket-Extensions` headers (none when `gateway.deflate` is off).
+    pub fn negotiate_deflate<'a>(
+        &self,
+        offers: impl IntoIterator<Item = &'a str>,
+    ) -> Option<deflate::Agreed> {
+        if self.cfg.deflate {
+            deflate::negotiate(offers)
+        } else {
+            None
+        }
+    }
+
+    /// `frame` as this connection should get it: compressed when it negotiated
+    /// permessage-deflate and the frame is big enough (for frames sent to one connection).
+    pub(crate) fn for_conn(&self, conn: &Conn, frame: Bytes) -> Bytes {
+        match conn.deflate() {
+            Deflate::Off => frame,
+            mode => outgoing::compress(&frame, mode, &self.deflate, &self.deps.metrics),
+        }
+    }
+
     pub fn authenticate(&self, token: &str) -> Result<Identity, AuthError> {
         self.deps.auth.verify(token, now_s())
     }
@@ -202,6 +229,7 @@ impl Gateway {
             identity,
             hold,
             echo,
+            deflate,
         } = up;
         if self.cfg.socket_send_buffer > 0
             && let Err(e) =
@@ -213,6 +241,10 @@ impl Gateway {
         let hold = conn::SocketHold::new(self.deps.metrics.clone(), hold);
         let mut conn = Conn::new(id, stream, peer, wire, self.clock_ms(), hold);
         conn.echo = echo;
+        conn.deflate = deflate;
+        if deflate.is_on() {
+            self.deps.metrics.deflate_connections.inc();
+        }
         let conn = Arc::new(conn);
         self.conns.for_index(id.0).lock().insert(id, conn.clone());
         self.conn_count.fetch_add(1, Relaxed);
@@ -414,6 +446,9 @@ impl Gateway {
                 self.all_closed.notify_waiters();
             }
             self.deps.metrics.connections.dec();
+            if conn.deflate().is_on() {
+                self.deps.metrics.deflate_connections.dec();
+            }
         }
         // What is still queued gets until `close_grace_ms` after the server decided to close
         // (now, if the end came from the peer), never longer.
@@ -537,18 +572,21 @@ impl Gateway {
     fn write_items(&self, conns: &[Arc<Conn>], items: &[Arc<Outgoing>]) {
         let metrics = &self.deps.metrics;
         let mut slow = Vec::new();
+        let z = &self.deflate;
         for conn in conns {
-            let wire = conn.wire();
+            let (wire, mode) = (conn.wire(), conn.deflate());
             let sent = if items.len() == 1 {
                 conn.send(
-                    items[0].frame(wire),
+                    items[0].frame(wire, mode, z, metrics),
                     items[0].droppable,
                     &self.limits,
                     metrics,
                 )
             } else {
-                let frames: Vec<(&Bytes, bool)> =
-                    items.iter().map(|i| (i.frame(wire), i.droppable)).collect();
+                let frames: Vec<(&Bytes, bool)> = items
+                    .iter()
+                    .map(|i| (i.frame(wire, mode, z, metrics), i.droppable))
+                    .collect();
                 conn.send_many(&frames, &self.limits, metrics)
             };
             if sent == Sent::TooSlow {

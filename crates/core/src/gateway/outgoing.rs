@@ -1,16 +1,20 @@
-//! Something to send to every member of a room, encoded at most once per wire format.
+//! Something to send to every member of a room, encoded at most once per wire format and
+//! compressed at most once per compression mode.
 //!
 //! The first connection that needs a format pays for encoding it (one `FrameBuilder` pass over
-//! the batch); every other connection gets a clone of the same `Bytes`.
+//! the batch), the first one of them that negotiated permessage-deflate for compressing it;
+//! every other connection gets a clone of the same `Bytes`.
 
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use roomcast_proto::Op;
 use roomcast_proto::body::Online;
+use roomcast_proto::deflate::{self, Deflate};
 use roomcast_proto::wire::{FrameBuilder, Wire};
 
 use crate::ids::RoomId;
+use crate::metrics::Metrics;
 use crate::model::RoomBatch;
 
 pub enum Content {
@@ -20,7 +24,8 @@ pub enum Content {
 
 pub struct Outgoing {
     content: Content,
-    frames: [OnceLock<Bytes>; Wire::COUNT],
+    /// By wire format, then compression mode.
+    frames: [OnceLock<Bytes>; Wire::COUNT * Deflate::COUNT],
     /// May a slow reader lose it?
     pub droppable: bool,
 }
@@ -57,8 +62,20 @@ impl Outgoing {
         }
     }
 
-    pub fn frame(&self, wire: Wire) -> &Bytes {
-        self.frames[wire.index()].get_or_init(|| self.encode(wire))
+    /// The frame for a connection with this wire format and compression mode.
+    pub fn frame(
+        &self,
+        wire: Wire,
+        mode: Deflate,
+        settings: &deflate::Settings,
+        metrics: &Metrics,
+    ) -> &Bytes {
+        let at = wire.index() * Deflate::COUNT;
+        let plain = self.frames[at].get_or_init(|| self.encode(wire));
+        if mode == Deflate::Off {
+            return plain;
+        }
+        self.frames[at + mode.index()].get_or_init(|| compress(plain, mode, settings, metrics))
     }
 
     fn encode(&self, wire: Wire) -> Bytes {
@@ -85,6 +102,23 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// A frame compressed for connections in `mode` (the same frame when that does not pay), counted.
+pub fn compress(
+    frame: &Bytes,
+    mode: Deflate,
+    settings: &deflate::Settings,
+    metrics: &Metrics,
+) -> Bytes {
+    let z = deflate::compress_frame(frame, mode, settings);
+    if z.len() < frame.len() {
+        // Header sizes aside, close enough for a ratio.
+        metrics.deflate_frames.inc();
+        metrics.deflate_in_bytes.add(frame.len() as u64);
+        metrics.deflate_out_bytes.add(z.len() as u64);
+    }
+    z
 }
 
 /// Kinds that are never dropped for a slow reader.

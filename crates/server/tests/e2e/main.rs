@@ -9,6 +9,7 @@ mod api;
 mod auth;
 mod binary;
 mod cluster;
+mod deflate;
 mod failover;
 mod history;
 mod hostile;

@@ -137,8 +137,10 @@ impl Session {
 
 /// Sends a frame that must not be dropped; a client that keeps asking without reading its
 /// replies is disconnected as a slow reader instead of growing its queue without bound.
+/// Compressed when the connection negotiated permessage-deflate and the frame is big enough.
 fn send_reply(gw: &Arc<Gateway>, conn: &Arc<Conn>, frame: &Bytes) {
-    if conn.send(frame, false, gw.limits(), gw.metrics()) == Sent::TooSlow {
+    let frame = gw.for_conn(conn, frame.clone());
+    if conn.send(&frame, false, gw.limits(), gw.metrics()) == Sent::TooSlow {
         gw.drop_slow(conn);
     }
 }

@@ -66,7 +66,8 @@ pub(crate) async fn run(
             Err(e) => send_error(&gw, &conn, session, 0, Some(Op::Login), e),
         }
     }
-    let mut decoder = Decoder::server(gw.config().max_frame_bytes);
+    let mut decoder =
+        Decoder::server(gw.config().max_frame_bytes).with_deflate(conn.deflate().is_on());
     let mut buf: Vec<u8> = read_ahead.to_vec();
     // It may be a view into the HTTP server's 8 KiB read buffer: let that go now rather than
     // keep it for the connection's lifetime (idle memory per connection is a target).
