@@ -17,7 +17,9 @@ PORT=${PORT:-38080}
 URL="ws://127.0.0.1:$PORT/ws"
 OUT=${OUT:-docs/bench}
 SECRET=benchsecret-benchsecret-benchsecret
-BENCH=target/release/roomcast-bench
+# RC_BIN / RC_BENCH: other builds to measure (a "before" for a comparison); nothing is built then.
+BENCH=${RC_BENCH:-target/release/roomcast-bench}
+SERVER_BIN=${RC_BIN:-target/release/roomcast}
 SERVER_PID=
 DATA=$(mktemp -d)
 
@@ -36,7 +38,9 @@ if (($(ulimit -n) < 16000)); then
     echo "warning: only $(ulimit -n) open files allowed; the idle scenario needs 16,000" >&2
 fi
 
-cargo build --release -q -p roomcast-server -p roomcast-bench
+if [[ -z "${RC_BIN:-}${RC_BENCH:-}" ]]; then
+    cargo build --release -q -p roomcast-server -p roomcast-bench
+fi
 mkdir -p "$OUT"
 
 port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
@@ -53,7 +57,7 @@ start_server() { # $1: config file
         exit 1
     fi
     rm -rf "$DATA/data"
-    ROOMCAST_JWT_SECRET=$SECRET target/release/roomcast standalone --config "$1" \
+    ROOMCAST_JWT_SECRET=$SECRET "$SERVER_BIN" standalone --config "$1" \
         --listen "127.0.0.1:$PORT" --data-dir "$DATA/data" >"$DATA/server.log" 2>&1 &
     SERVER_PID=$!
     for _ in $(seq 100); do
@@ -134,9 +138,9 @@ run() {
         start_server "$(defaults_config)"
         bench fanout-100x50-default fanout $FAN_100 --rate 12000 --duration 20 ;;
     latency-default)
-        # Issue 12's latency targets, three runs each, shipped defaults: 1 x 5,000 at 1 M and
-        # 4 M deliveries/s, 100 x 50 at 600,000 and 100,000 deliveries/s.
-        for i in 1 2 3; do
+        # Issue 12's latency targets, three runs each (RUNS), shipped defaults: 1 x 5,000 at
+        # 1 M and 4 M deliveries/s, 100 x 50 at 600,000 and 100,000 deliveries/s.
+        for i in $(seq "${RUNS:-3}"); do
             start_server "$(defaults_config)"
             bench "latency-1x5000-1m-$i" fanout $FAN_1 --rate 200 --duration 20
             start_server "$(defaults_config)"

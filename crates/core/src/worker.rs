@@ -2,9 +2,17 @@
 //! stream (`epoch`, `seq`), gathers a room's messages into batches, records each batch in the
 //! history, and delivers it once to every gateway node that has members of the room.
 //!
-//! Batching: a room's batch is flushed when it reaches `batch_max` messages, or `batch_window`
-//! after the previous flush — and at once when the room was idle (no flush within the last
-//! window), so light traffic gets no added latency while heavy traffic gets few, large frames.
+//! Batching follows the sockets, not a clock: a room's messages go out at once when nothing of
+//! the room is being written, together with whatever else the worker took in at the same time.
+//! While the room's previous batch is still being written to its members (its
+//! [`Written`](crate::ports::Written) has not fired: in standalone the gateway's pass over the
+//! room), what arrives waits and goes out as one batch the moment that write is done. So a
+//! lightly loaded server adds no wait, and under load the batches grow by themselves to what
+//! the sockets take. Over gRPC the worker waits only for the `Push` call that carries the
+//! previous batch; the gateway does the rest, merging whatever arrives while a room's pass is
+//! written into that room's next pass (`Gateway::deliver`).
+//! The batch window is only an upper bound on that wait (a slow gateway must not hold a room
+//! for long), and a batch also goes out once it holds `batch_max` messages.
 //!
 //! A room is handled by exactly one worker at a time (the bus maps a room to one partition, and
 //! a partition has one owner), so the worker owns the room's sequence without locks. It never
@@ -32,7 +40,7 @@
 //! the stored position) the room starts a new epoch, so no seq of the old epoch — which clients
 //! may have seen with other messages — is handed out twice.
 //!
-//! The batch window grows with what the worker observes itself — flushes that run late, records
+//! The bound grows with what the worker observes itself — flushes that run late, records
 //! that waited in the bus longer than records lately did, and how long its `Delivery::deliver`
 //! calls take — and, in standalone
 //! only, with the local gateway's passes over big rooms ([`LocalFanoutLoad`]).
@@ -54,7 +62,7 @@ use crate::metrics::Metrics;
 use crate::model::{InboundMessage, RoomBatch, RoomMsg};
 use crate::ports::{
     BusConsumer, BusError, BusEvent, Delivery, DeliveryError, MessageStore, Offset, Partition,
-    RecentMessages, RouteTable, StoreError,
+    RecentMessages, RouteTable, StoreError, Written,
 };
 use crate::route_cache::RouteCache;
 
@@ -97,7 +105,8 @@ struct RoomState {
     pending: Vec<Arc<RoomMsg>>,
     /// `msg_id`s of the pending messages that came from the outbox.
     pending_outbox: Vec<u64>,
-    last_flush: Option<Instant>,
+    /// Batches handed to gateways and not written yet.
+    writing: u32,
     due: Option<Instant>,
     touched: Instant,
     /// After a take-over: `msg_id`s the previous owner delivered already (from the recent list).
@@ -155,6 +164,8 @@ struct Rooms {
     flush_now: Vec<RoomId>,
     last_evict: Option<Instant>,
     parts: HashMap<Partition, PartState>,
+    /// Rooms' deliveries in flight: each resolves to its room once every node wrote the batch.
+    written: futures_util::stream::FuturesUnordered<BoxFut<'static, RoomId>>,
     /// Recent outbox `msg_id`s (set + insertion order, bounded by [`OUTBOX_IDS_KEPT`]).
     outbox_seen: std::collections::HashSet<u64>,
     outbox_order: std::collections::VecDeque<u64>,
@@ -364,6 +375,9 @@ impl RoomWorker {
                 _ = &mut stop => break,
                 _ = tokio::time::sleep_until(next_due.unwrap_or_else(Instant::now)), if next_due.is_some() => {
                     self.flush_due(&mut rooms).await;
+                }
+                Some(room) = futures_util::StreamExt::next(&mut rooms.written), if !rooms.written.is_empty() => {
+                    self.written(room, &mut rooms).await;
                 }
                 r = async {
                     match committing.as_mut() {
@@ -622,7 +636,7 @@ impl RoomWorker {
                     next_seq: last_seq + 1,
                     pending: Vec::new(),
                     pending_outbox: Vec::new(),
-                    last_flush: None,
+                    writing: 0,
                     due: None,
                     touched: now,
                     delivered_before,
@@ -658,16 +672,35 @@ impl RoomWorker {
         if st.pending.len() >= self.cfg.batch_max.max(1) {
             self.flush(&msg.room, rooms).await;
         } else if st.pending.len() == 1 {
-            match st.last_flush {
-                Some(last) if now < last + self.window() => {
-                    let due = last + self.window();
-                    st.due = Some(due);
-                    rooms.timers.push(Reverse((due, msg.room)));
-                }
-                // Idle room: flush once the records at hand are taken in.
-                _ => rooms.flush_now.push(msg.room),
+            if st.writing == 0 {
+                // Nothing of the room is being written: out once the records at hand are in.
+                rooms.flush_now.push(msg.room);
+            } else {
+                // Goes out when the previous batch is written, or after the window at the latest.
+                let due = now + self.window();
+                st.due = Some(due);
+                rooms.timers.push(Reverse((due, msg.room)));
             }
         }
+    }
+
+    /// A room's batch is written everywhere: what gathered meanwhile goes out now — with every
+    /// other room whose write is done by now, in one flush.
+    async fn written(&self, first: RoomId, rooms: &mut Rooms) {
+        use futures_util::FutureExt as _;
+        let mut ready = vec![first];
+        while let Some(Some(room)) =
+            futures_util::StreamExt::next(&mut rooms.written).now_or_never()
+        {
+            ready.push(room);
+        }
+        ready.retain(|room| {
+            rooms.state.get_mut(room).is_some_and(|st| {
+                st.writing = st.writing.saturating_sub(1);
+                st.writing == 0 && !st.pending.is_empty()
+            })
+        });
+        self.flush_rooms(&ready, rooms).await;
     }
 
     async fn flush_due(&self, rooms: &mut Rooms) {
@@ -742,7 +775,19 @@ impl RoomWorker {
             }
         }
         for batch in batches {
-            self.deliver(batch).await;
+            let room = batch.room.clone();
+            let written = self.deliver(batch).await;
+            if !written.is_empty()
+                && let Some(st) = rooms.state.get_mut(&room)
+            {
+                st.writing += 1;
+                rooms.written.push(Box::pin(async move {
+                    for w in written {
+                        w.wait().await;
+                    }
+                    room
+                }));
+            }
         }
     }
 
@@ -755,7 +800,6 @@ impl RoomWorker {
         }
         // Done once this flush returns (the next commit waits for the store's flush).
         st.first_pending = None;
-        st.last_flush = Some(Instant::now());
         Some(Arc::new(RoomBatch {
             room: room.clone(),
             epoch: st.epoch,
@@ -764,17 +808,19 @@ impl RoomWorker {
         }))
     }
 
-    /// Sends a recorded batch to every node in its room's route.
-    async fn deliver(&self, batch: Arc<RoomBatch>) {
+    /// Sends a recorded batch to every node in its room's route; returns when each will have
+    /// written it.
+    async fn deliver(&self, batch: Arc<RoomBatch>) -> Vec<Written> {
         let room = &batch.room;
+        let mut written = Vec::new();
         match self.routes.nodes(room).await {
             Ok(nodes) => {
                 for node in nodes.iter() {
                     let started = Instant::now();
-                    let r = self.delivery.deliver(node, batch.clone()).await;
+                    let r = self.delivery.deliver_tracked(node, batch.clone()).await;
                     self.observe_delivery(started.elapsed());
                     match r {
-                        Ok(()) => {}
+                        Ok(w) => written.push(w),
                         // A route of a node that left (its route lease has not run out yet):
                         // nothing was sent, nothing to say per batch.
                         Err(DeliveryError::UnknownNode(_)) => {
@@ -790,6 +836,7 @@ impl RoomWorker {
                 tracing::error!(room = %room, error = %e, "cannot read routes; batch not delivered")
             }
         }
+        written
     }
 }
 
@@ -1029,7 +1076,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn idle_room_flushes_at_once_busy_room_batches() {
+    async fn a_lightly_loaded_room_adds_no_wait() {
         let cfg = WorkerConfig {
             batch_window_ms: 20,
             batch_max: 100,
@@ -1040,20 +1087,108 @@ mod tests {
         s.bus.publish(msg("r", 1)).await.unwrap();
         let (_, b) = s.rx.recv().await.unwrap();
         assert_eq!(b.msgs.len(), 1);
-        assert_eq!(Instant::now(), t0, "idle room: no added delay");
-
-        // Within the window: held until the window ends, then one batch.
+        // Written at once (this delivery cannot tell otherwise): the next ones do not wait
+        // for a window either.
         for i in 2..=5 {
             s.bus.publish(msg("r", i)).await.unwrap();
         }
-        let (_, b) = s.rx.recv().await.unwrap();
-        assert_eq!(
-            b.msgs.iter().map(|m| m.seq).collect::<Vec<_>>(),
-            [2, 3, 4, 5]
-        );
-        assert_eq!(Instant::now(), t0 + Duration::from_millis(20));
+        let mut seqs = Vec::new();
+        while seqs.len() < 4 {
+            let (_, b) = s.rx.recv().await.unwrap();
+            seqs.extend(b.msgs.iter().map(|m| m.seq));
+        }
+        assert_eq!(seqs, [2, 3, 4, 5]);
+        assert_eq!(Instant::now(), t0, "no added delay");
         s.bus.close();
         s.task.await.unwrap();
+    }
+
+    /// A delivery whose batches are written when the test says so.
+    struct Gated(mpsc::UnboundedSender<(Arc<RoomBatch>, tokio::sync::oneshot::Sender<()>)>);
+
+    impl Delivery for Gated {
+        fn deliver(
+            &self,
+            _node: &NodeId,
+            _batch: Arc<RoomBatch>,
+        ) -> BoxFut<'_, Result<(), DeliveryError>> {
+            unreachable!("the worker asks when its batches are written")
+        }
+
+        fn deliver_tracked(
+            &self,
+            _node: &NodeId,
+            batch: Arc<RoomBatch>,
+        ) -> BoxFut<'_, Result<Written, DeliveryError>> {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let _ = self.0.send((batch, tx));
+            Box::pin(std::future::ready(Ok(Written::when(rx))))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_room_gathers_while_its_batch_is_written_and_sends_the_moment_it_is() {
+        let routes = Arc::new(MemoryRoutes::default());
+        let n1 = NodeId::new("n1");
+        routes.renew(&n1, Duration::from_secs(3600)).await.unwrap();
+        routes.add(&RoomId::parse("r").unwrap(), &n1).await.unwrap();
+        let (bus, mut consumers) = MemoryBus::new(1, 100);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let worker = RoomWorker::new(
+            WorkerConfig {
+                batch_window_ms: 20,
+                batch_window_max_ms: 200,
+                batch_max: 100,
+                ..Default::default()
+            },
+            Arc::new(History::new(
+                HistoryConfig::default(),
+                Arc::new(MemoryStore::new(100)),
+            )),
+            routes,
+            Arc::new(Gated(tx)),
+            Arc::new(Metrics::default()),
+        );
+        let consumer = consumers.pop().unwrap();
+        let task = tokio::spawn(async move {
+            worker
+                .run(Box::new(consumer), std::future::pending::<()>())
+                .await
+        });
+        let seqs = |b: &RoomBatch| b.msgs.iter().map(|m| m.seq).collect::<Vec<_>>();
+        let t0 = Instant::now();
+        bus.publish(msg("r", 1)).await.unwrap();
+        let (b1, written1) = rx.recv().await.unwrap();
+        assert_eq!(seqs(&b1), [1]);
+        assert_eq!(Instant::now(), t0, "nothing was being written: out at once");
+
+        // While batch 1 is being written, the next messages wait for it...
+        for i in 2..=5 {
+            bus.publish(msg("r", i)).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(7)).await;
+        assert!(
+            rx.try_recv().is_err(),
+            "held while the previous batch is written"
+        );
+        // ...and go out as one batch the moment it is written, with no window on top.
+        written1.send(()).unwrap();
+        let (b2, _written2) = rx.recv().await.unwrap();
+        assert_eq!(seqs(&b2), [2, 3, 4, 5]);
+        assert_eq!(Instant::now(), t0 + Duration::from_millis(7));
+
+        // A batch that is never reported written holds the next one for the window at most.
+        let t1 = Instant::now();
+        bus.publish(msg("r", 6)).await.unwrap();
+        let (b3, _written3) = rx.recv().await.unwrap();
+        assert_eq!(seqs(&b3), [6]);
+        assert_eq!(
+            Instant::now(),
+            t1 + Duration::from_millis(20),
+            "the window bounds the wait"
+        );
+        bus.close();
+        task.await.unwrap();
     }
 
     /// A worker with no bus, for its window logic.

@@ -5,8 +5,14 @@
 //! for every gateway it goes to, and each gateway has its own bounded queue drained by its own
 //! task, one call in flight, everything that queued meanwhile in the next call — so a slow or
 //! dead gateway never stalls the worker or the other gateways, and the calls grow with the load
-//! instead of their number. A batch that finds its gateway's queue full, or whose call failed,
-//! is dropped for that gateway (its clients see the gap in `seq` and recover with `since`).
+//! instead of their number. A gateway answers a `Push` once it has handed the batches to its
+//! rooms' fan-out queues, where whatever arrives while a room's pass is being written is merged
+//! into that room's next pass: over gRPC the pacing by the sockets happens on the gateway, and
+//! the worker's next batch for a room waits only for the call that carries the previous one
+//! (answering after the pass instead would hold every other room's batches to that gateway
+//! behind a big room's pass, one call being in flight per gateway). A batch that finds its
+//! gateway's queue full, or whose call failed, is dropped for that gateway (its clients see the
+//! gap in `seq` and recover with `since`).
 //! [`GrpcNodeCommands`] carries control commands for `RoutedControl`.
 
 use std::collections::{HashMap, VecDeque};
@@ -20,8 +26,8 @@ use roomcast_core::gateway::{Gateway, NodeCommands};
 use roomcast_core::ids::NodeId;
 use roomcast_core::metrics::Metrics;
 use roomcast_core::model::RoomBatch;
-use roomcast_core::ports::{Command, ControlError, Delivery, DeliveryError, StoreError};
-use tokio::sync::Notify;
+use roomcast_core::ports::{Command, ControlError, Delivery, DeliveryError, StoreError, Written};
+use tokio::sync::{Notify, oneshot};
 use tonic::{Request, Response, Status};
 
 use crate::convert;
@@ -113,7 +119,8 @@ impl Default for DeliverySettings {
 
 #[derive(Default)]
 struct Queue {
-    batches: VecDeque<Bytes>,
+    /// Encoded batches, each with whom to tell when its call is done.
+    batches: VecDeque<(Bytes, Option<oneshot::Sender<()>>)>,
     /// The sender task is gone (its node left discovery); the next batch starts a new one.
     closed: bool,
 }
@@ -196,7 +203,32 @@ impl Delivery for GrpcDelivery {
         node: &NodeId,
         batch: Arc<RoomBatch>,
     ) -> BoxFut<'_, Result<(), DeliveryError>> {
-        let r = if !self.nodes.contains(node) {
+        Box::pin(std::future::ready(self.enqueue(node, batch, None)))
+    }
+
+    /// "Written" once the call that carries it is answered (the gateway has it in the room's
+    /// fan-out queue), failed, or dropped with its gateway.
+    fn deliver_tracked(
+        &self,
+        node: &NodeId,
+        batch: Arc<RoomBatch>,
+    ) -> BoxFut<'_, Result<Written, DeliveryError>> {
+        let (tx, rx) = oneshot::channel();
+        let r = self
+            .enqueue(node, batch, Some(tx))
+            .map(|()| Written::when(rx));
+        Box::pin(std::future::ready(r))
+    }
+}
+
+impl GrpcDelivery {
+    fn enqueue(
+        &self,
+        node: &NodeId,
+        batch: Arc<RoomBatch>,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<(), DeliveryError> {
+        if !self.nodes.contains(node) {
             // Not registered (any more): no push is attempted.
             Err(DeliveryError::UnknownNode(node.clone()))
         } else {
@@ -211,13 +243,12 @@ impl Delivery for GrpcDelivery {
                     reason: "its queue is full (the gateway is too slow or unreachable)".into(),
                 })
             } else {
-                q.batches.push_back(bytes);
+                q.batches.push_back((bytes, written));
                 drop(q);
                 s.wake.notify_one();
                 Ok(())
             }
-        };
-        Box::pin(std::future::ready(r))
+        }
     }
 }
 
@@ -230,6 +261,7 @@ async fn send_loop(
     metrics: Arc<Metrics>,
 ) {
     let mut batches = Vec::new();
+    let mut written = Vec::new();
     loop {
         s.wake.notified().await;
         loop {
@@ -245,12 +277,15 @@ async fn send_loop(
             {
                 let mut q = s.queue.lock();
                 let mut size = 0;
-                while let Some(b) = q.batches.front() {
+                while let Some((b, _)) = q.batches.front() {
                     if !batches.is_empty() && size + b.len() > settings.max_call_bytes {
                         break;
                     }
                     size += b.len();
-                    batches.extend(q.batches.pop_front());
+                    if let Some((b, w)) = q.batches.pop_front() {
+                        batches.push(b);
+                        written.extend(w);
+                    }
                 }
             }
             if batches.is_empty() {
@@ -269,6 +304,9 @@ async fn send_loop(
                     metrics.push_dropped.add(n);
                     tracing::warn!(%node, code = ?e.code(), error = e.message(), batches = n, "push to gateway failed; its clients recover the gap");
                 }
+            }
+            for w in written.drain(..) {
+                let _ = w.send(());
             }
         }
     }

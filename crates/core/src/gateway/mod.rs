@@ -42,7 +42,7 @@ use crate::ids::{ConnId, NodeId, RoomId, UserId};
 use crate::ingest::Ingest;
 use crate::metrics::Metrics;
 use crate::model::RoomBatch;
-use crate::ports::{Delivery, DeliveryError, Moderation, Presence, RouteTable};
+use crate::ports::{Delivery, DeliveryError, Moderation, Presence, RouteTable, Written};
 use crate::shard::Sharded;
 use conn::{Closing, Conn, SendLimits, Sent};
 pub use control::{LocalControl, NodeCommands, RoutedControl};
@@ -470,6 +470,22 @@ impl Gateway {
 
     /// Hands a room batch to every local member (the `PushRoomMessage` of the design).
     pub fn deliver(self: &Arc<Self>, batch: Arc<RoomBatch>) {
+        self.deliver_inner(batch, None);
+    }
+
+    /// [`Gateway::deliver`], and when the pass that writes the batch to the room's members is
+    /// done (at once for a room written inline, or nobody here).
+    pub fn deliver_written(self: &Arc<Self>, batch: Arc<RoomBatch>) -> Written {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.deliver_inner(batch, Some(tx));
+        Written::when(rx)
+    }
+
+    fn deliver_inner(
+        self: &Arc<Self>,
+        batch: Arc<RoomBatch>,
+        written: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let latency_now = now_ms();
         for m in &batch.msgs {
             let ms = latency_now.saturating_sub(m.ts);
@@ -479,12 +495,22 @@ impl Gateway {
                 .observe(ms as f64 / 1000.0);
         }
         let room = batch.room.clone();
-        self.publish(&room, Arc::new(Outgoing::batch(batch)));
+        self.publish_with(&room, Arc::new(Outgoing::batch(batch)), written);
     }
 
     /// Sends something to every local member of a room, in order with everything else sent to
     /// that room.
     pub fn publish(self: &Arc<Self>, room: &RoomId, item: Arc<Outgoing>) {
+        self.publish_with(room, item, None);
+    }
+
+    /// [`Gateway::publish`]; `written` is told when the pass that writes `item` is done.
+    fn publish_with(
+        self: &Arc<Self>,
+        room: &RoomId,
+        item: Arc<Outgoing>,
+        written: Option<tokio::sync::oneshot::Sender<()>>,
+    ) {
         let Some(room) = self.registry.get(room) else {
             return;
         };
@@ -492,27 +518,40 @@ impl Gateway {
             let mut q = room.fanout.lock();
             if q.busy {
                 q.pending.push(item);
+                q.written.extend(written);
                 return;
             }
             q.busy = true;
         }
-        self.run_fanout(room, vec![item]);
+        self.run_fanout(room, vec![item], written.into_iter().collect());
     }
 
     /// Writes `items` to the room, then whatever queued up meanwhile, until the queue is empty.
-    /// Small rooms are written inline by the caller; big ones by parallel tasks.
-    fn run_fanout(self: &Arc<Self>, room: Arc<Room>, mut items: Vec<Arc<Outgoing>>) {
+    /// Small rooms are written inline by the caller; big ones by parallel tasks. Each pass
+    /// writes one frame per connection for all the batches it takes (merged), and tells those
+    /// batches' `written` when it is done.
+    fn run_fanout(
+        self: &Arc<Self>,
+        room: Arc<Room>,
+        mut items: Vec<Arc<Outgoing>>,
+        mut written: Vec<tokio::sync::oneshot::Sender<()>>,
+    ) {
         loop {
             let snapshot = room.snapshot();
             if snapshot.len() > self.cfg.fanout_chunk.max(1) {
                 let gw = self.clone();
-                tokio::spawn(async move { gw.fanout_parallel(room, items, snapshot).await });
+                tokio::spawn(
+                    async move { gw.fanout_parallel(room, items, written, snapshot).await },
+                );
                 return;
             }
-            self.write_items(&snapshot, &items);
+            self.write_items(&snapshot, &merge_batches(items));
             self.deps.metrics.fanout_passes.inc();
+            for w in written.drain(..) {
+                let _ = w.send(());
+            }
             match next_items(&room) {
-                Some(next) => items = next,
+                Some((next, ws)) => (items, written) = (next, ws),
                 None => return,
             }
         }
@@ -522,12 +561,13 @@ impl Gateway {
         self: Arc<Self>,
         room: Arc<Room>,
         mut items: Vec<Arc<Outgoing>>,
+        mut written: Vec<tokio::sync::oneshot::Sender<()>>,
         mut snapshot: Snapshot,
     ) {
         let chunk = self.cfg.fanout_chunk.max(1);
         loop {
             let started = tokio::time::Instant::now();
-            let shared = Arc::new(items);
+            let shared = Arc::new(merge_batches(items));
             let mut tasks = Vec::new();
             let mut start = chunk;
             while start < snapshot.len() {
@@ -543,6 +583,9 @@ impl Gateway {
                 let _ = t.await;
             }
             let took = started.elapsed();
+            for w in written.drain(..) {
+                let _ = w.send(());
+            }
             let metrics = &self.deps.metrics;
             metrics.fanout_passes.inc();
             metrics.fanout_pass_big.observe(took.as_secs_f64());
@@ -557,13 +600,13 @@ impl Gateway {
                 tokio::time::sleep(pause).await;
             }
             match next_items(&room) {
-                Some(next) => items = next,
+                Some((next, ws)) => (items, written) = (next, ws),
                 None => return,
             }
             snapshot = room.snapshot();
             if snapshot.len() <= chunk {
                 let gw = self.clone();
-                gw.run_fanout(room, items);
+                gw.run_fanout(room, items, written);
                 return;
             }
         }
@@ -839,14 +882,66 @@ impl Gateway {
 /// The longest pause `fanout_spacing` puts between two passes over a room.
 const MAX_PASS_PAUSE: Duration = Duration::from_millis(500);
 
-fn next_items(room: &Room) -> Option<Vec<Arc<Outgoing>>> {
+type Next = (Vec<Arc<Outgoing>>, Vec<tokio::sync::oneshot::Sender<()>>);
+
+fn next_items(room: &Room) -> Option<Next> {
     let mut q = room.fanout.lock();
     if q.pending.is_empty() {
         q.busy = false;
         None
     } else {
-        Some(std::mem::take(&mut q.pending))
+        Some((
+            std::mem::take(&mut q.pending),
+            std::mem::take(&mut q.written),
+        ))
     }
+}
+
+/// Consecutive batches of the same room and epoch as one batch: one frame per connection per
+/// pass, whatever queued up while the previous pass was written (fewer frames for the readers,
+/// and a bigger frame compresses better).
+fn merge_batches(items: Vec<Arc<Outgoing>>) -> Vec<Arc<Outgoing>> {
+    if items.len() < 2 {
+        return items;
+    }
+    let mut out: Vec<Arc<Outgoing>> = Vec::with_capacity(items.len());
+    let mut run: Vec<Arc<RoomBatch>> = Vec::new();
+    let flush = |run: &mut Vec<Arc<RoomBatch>>, out: &mut Vec<Arc<Outgoing>>| match run.len() {
+        0 => {}
+        1 => out.extend(run.pop().map(|b| Arc::new(Outgoing::batch(b)))),
+        _ => {
+            let first = &run[0];
+            let merged = RoomBatch {
+                room: first.room.clone(),
+                epoch: first.epoch,
+                msgs: run.iter().flat_map(|b| b.msgs.iter().cloned()).collect(),
+                outbox_ids: Vec::new(),
+            };
+            run.clear();
+            out.push(Arc::new(Outgoing::batch(Arc::new(merged))));
+        }
+    };
+    for item in items {
+        match item.content() {
+            outgoing::Content::Batch(b)
+                if run
+                    .last()
+                    .is_none_or(|last| last.room == b.room && last.epoch == b.epoch) =>
+            {
+                run.push(b.clone());
+            }
+            outgoing::Content::Batch(b) => {
+                flush(&mut run, &mut out);
+                run.push(b.clone());
+            }
+            outgoing::Content::Online { .. } => {
+                flush(&mut run, &mut out);
+                out.push(item);
+            }
+        }
+    }
+    flush(&mut run, &mut out);
+    out
 }
 
 /// Delivery to the gateway in this process (standalone).
@@ -861,6 +956,19 @@ impl LocalDelivery {
 }
 
 impl Delivery for LocalDelivery {
+    fn deliver_tracked(
+        &self,
+        node: &NodeId,
+        batch: Arc<RoomBatch>,
+    ) -> BoxFut<'_, Result<Written, DeliveryError>> {
+        let r = if node == self.gateway.node() {
+            Ok(self.gateway.deliver_written(batch))
+        } else {
+            Err(DeliveryError::UnknownNode(node.clone()))
+        };
+        Box::pin(std::future::ready(r))
+    }
+
     fn deliver(
         &self,
         node: &NodeId,
@@ -873,5 +981,76 @@ impl Delivery for LocalDelivery {
             Err(DeliveryError::UnknownNode(node.clone()))
         };
         Box::pin(std::future::ready(r))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RoomMsg;
+
+    fn batch(epoch: u32, seqs: &[u64], kind: &str) -> Arc<Outgoing> {
+        Arc::new(Outgoing::batch(Arc::new(RoomBatch {
+            room: RoomId::parse("r").unwrap(),
+            epoch,
+            msgs: seqs
+                .iter()
+                .map(|&seq| {
+                    Arc::new(RoomMsg {
+                        room_id: "r".into(),
+                        msg_id: seq,
+                        seq,
+                        user_id: "u".into(),
+                        name: None,
+                        text: "t".into(),
+                        kind: kind.into(),
+                        ts: 0,
+                        epoch,
+                        payload: None,
+                    })
+                })
+                .collect(),
+            outbox_ids: Vec::new(),
+        })))
+    }
+
+    fn shape(items: &[Arc<Outgoing>]) -> Vec<(Option<u32>, Vec<u64>, bool)> {
+        items
+            .iter()
+            .map(|i| match i.content() {
+                outgoing::Content::Batch(b) => (
+                    Some(b.epoch),
+                    b.msgs.iter().map(|m| m.seq).collect(),
+                    i.droppable,
+                ),
+                outgoing::Content::Online { .. } => (None, Vec::new(), i.droppable),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn what_queued_during_a_pass_goes_out_as_one_frame_per_epoch() {
+        let online = Arc::new(Outgoing::online(RoomId::parse("r").unwrap(), 3));
+        let items = vec![
+            batch(1, &[1, 2], "chat"),
+            batch(1, &[3], "gift"),
+            batch(1, &[4], "chat"),
+            online,
+            batch(1, &[5], "chat"),
+            batch(2, &[1], "chat"),
+            batch(2, &[2, 3], "chat"),
+        ];
+        assert_eq!(
+            shape(&merge_batches(items)),
+            vec![
+                // A gift in the merged batch: it may not be dropped for a slow reader.
+                (Some(1), vec![1, 2, 3, 4], false),
+                (None, vec![], true),
+                (Some(1), vec![5], true),
+                (Some(2), vec![1, 2, 3], true),
+            ]
+        );
+        let one = vec![batch(1, &[9], "chat")];
+        assert_eq!(shape(&merge_batches(one)), vec![(Some(1), vec![9], true)]);
     }
 }

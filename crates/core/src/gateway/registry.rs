@@ -5,7 +5,7 @@
 //! until the next join or leave — steady-state fan-out takes no lock per connection and clones
 //! nothing. The fan-out queue keeps one room's frames in order for every member even when a big
 //! room is written by several tasks at once: a batch starts only after the previous one is done,
-//! and batches that arrive meanwhile are merged into one write.
+//! and batches that arrive meanwhile are merged into one frame, written in the next pass.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -29,6 +29,8 @@ struct Members {
 pub(crate) struct FanoutQueue {
     pub busy: bool,
     pub pending: Vec<Arc<Outgoing>>,
+    /// Told when the pass that writes `pending` is done.
+    pub written: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 pub struct Room {

@@ -29,7 +29,7 @@ mod suite_ids;
 pub use acks::{AckStore, PendingCritical};
 pub use bus::{Bus, BusConsumer, BusError, BusEvent, BusRecord, Offset, Partition};
 pub use control::{Command, Control, ControlError, ControlReport, ControlTarget, CriticalMsg};
-pub use delivery::{Delivery, DeliveryError};
+pub use delivery::{Delivery, DeliveryError, Written};
 pub use discovery::{
     Discovery, DiscoveryError, NodeEvent, NodeInfo, NodeLease, NodeRole, NodeWatch,
 };

@@ -295,8 +295,12 @@ impl BusConsumer for Tap {
     }
 }
 
-/// Records what a worker delivers.
-struct Recorder(mpsc::UnboundedSender<Arc<RoomBatch>>);
+/// Records what a worker delivers; with `held`, its batches are never reported written (a
+/// gateway busy writing), so the worker holds each room's next batch for its window.
+struct Recorder(
+    mpsc::UnboundedSender<Arc<RoomBatch>>,
+    Option<parking_lot::Mutex<Vec<tokio::sync::oneshot::Sender<()>>>>,
+);
 
 impl Delivery for Recorder {
     fn deliver(
@@ -306,6 +310,23 @@ impl Delivery for Recorder {
     ) -> BoxFut<'_, Result<(), DeliveryError>> {
         let _ = self.0.send(batch);
         Box::pin(std::future::ready(Ok(())))
+    }
+
+    fn deliver_tracked(
+        &self,
+        _node: &NodeId,
+        batch: Arc<RoomBatch>,
+    ) -> BoxFut<'_, Result<crate::ports::Written, DeliveryError>> {
+        let _ = self.0.send(batch);
+        let written = match &self.1 {
+            Some(held) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                held.lock().push(tx);
+                crate::ports::Written::when(rx)
+            }
+            None => crate::ports::Written::done(),
+        };
+        Box::pin(std::future::ready(Ok(written)))
     }
 }
 
@@ -325,7 +346,7 @@ async fn start_worker(
     rooms: impl IntoIterator<Item = String>,
     window_ms: u64,
 ) -> Running {
-    start_worker_listing(consumer, store, rooms, window_ms, None).await
+    start_worker_listing(consumer, store, rooms, window_ms, None, false).await
 }
 
 /// [`start_worker`] listing its batches in `recent` before it delivers them (distributed mode).
@@ -335,6 +356,7 @@ async fn start_worker_listing(
     rooms: impl IntoIterator<Item = String>,
     window_ms: u64,
     recent: Option<Arc<dyn RecentMessages>>,
+    hold_writes: bool,
 ) -> Running {
     let routes = Arc::new(MemoryRoutes::default());
     // Routes are visible only under a live lease.
@@ -359,7 +381,10 @@ async fn start_worker_listing(
         },
         Arc::new(History::new(HistoryConfig::default(), store)),
         routes,
-        Arc::new(Recorder(tx)),
+        Arc::new(Recorder(
+            tx,
+            hold_writes.then(|| parking_lot::Mutex::new(Vec::new())),
+        )),
         metrics.clone(),
     );
     if let Some(recent) = recent {
@@ -593,8 +618,17 @@ pub async fn the_worker_stops_with_everything_flushed_and_committed(h: &dyn BusH
     let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(100));
     let room = "stop-room".to_owned();
     let (c, own) = Tap::new(h.join().await, false);
-    // A window far longer than the case: only the stop can flush the second batch.
-    let mut w = start_worker(Box::new(c), store.clone(), [room.clone()], 600_000).await;
+    // A window far longer than the case, and a first batch that is never reported written:
+    // only the stop can flush the second batch.
+    let mut w = start_worker_listing(
+        Box::new(c),
+        store.clone(),
+        [room.clone()],
+        600_000,
+        None,
+        true,
+    )
+    .await;
     let bus = h.bus();
     bus.publish(message(&room, 0)).await.expect("publish");
     assert_eq!(
@@ -605,7 +639,10 @@ pub async fn the_worker_stops_with_everything_flushed_and_committed(h: &dyn BusH
     bus.publish(message(&room, 1)).await.expect("publish");
     bus.publish(message(&room, 2)).await.expect("publish");
     own.wait_records(3).await;
-    assert!(w.batches.try_recv().is_err(), "held in the window");
+    assert!(
+        w.batches.try_recv().is_err(),
+        "held while the first batch is written"
+    );
     let seen = w.stop().await;
     assert_eq!(
         seen,
@@ -635,7 +672,16 @@ pub async fn a_crashed_worker_leaves_what_was_not_done_to_the_next(h: &dyn BusHa
     let store: Arc<dyn MessageStore> = Arc::new(MemoryStore::new(100));
     let room = "crash-room".to_owned();
     let (c, own) = Tap::new(h.join().await, false);
-    let mut w = start_worker(Box::new(c), store.clone(), [room.clone()], 600_000).await;
+    // The first batch is never reported written: the next two wait (for the long window).
+    let mut w = start_worker_listing(
+        Box::new(c),
+        store.clone(),
+        [room.clone()],
+        600_000,
+        None,
+        true,
+    )
+    .await;
     let bus = h.bus();
     bus.publish(message(&room, 0)).await.expect("publish");
     assert_eq!(
@@ -646,7 +692,7 @@ pub async fn a_crashed_worker_leaves_what_was_not_done_to_the_next(h: &dyn BusHa
     bus.publish(message(&room, 1)).await.expect("publish");
     bus.publish(message(&room, 2)).await.expect("publish");
     own.wait_records(3).await;
-    // The first is done: a commit covers it. The other two wait in the window.
+    // The first is done: a commit covers it. The other two wait for it to be written.
     own.wait_commit("the first record's commit", |_| true).await;
     let (p, done) = own.commits()[0];
     w.task.abort();
@@ -794,6 +840,7 @@ pub async fn a_room_taken_from_a_crashed_owner_continues_from_its_recent_list(h:
         [room.clone()],
         5,
         Some(recent.clone()),
+        false,
     )
     .await;
     for i in 0..3 {
@@ -835,6 +882,7 @@ pub async fn a_room_taken_from_a_crashed_owner_continues_from_its_recent_list(h:
         [room.clone()],
         5,
         Some(recent.clone()),
+        false,
     )
     .await;
     bus.publish(message(&room, 4)).await.expect("publish");
