@@ -38,10 +38,10 @@ pub struct GatewayConfig {
     pub fanout_chunk: usize,
     /// A pass over such a big room starts at least this many times the previous pass's
     /// duration after that pass started; batches arriving in between go out together in the
-    /// next pass. 2.0 keeps a big room's writes to half the node's time under any message
-    /// rate, leaving the rest for everything else; 1.0 (the default) writes again as soon as
-    /// a pass ends. The pause (at most 500 ms) adds to the room workers' batch window: use it
-    /// with a short one.
+    /// next pass. 1.0 writes the passes back to back (what arrives during a pass goes out the
+    /// moment it ends); the default 1.3 leaves a pause of 0.3 passes, which on a machine whose
+    /// cores also carry the readers (the benchmark's loopback) gave a lower p99 at less CPU
+    /// (docs/benchmarks.md). The room worker's next batch waits for the pass and the pause.
     pub fanout_spacing: f64,
     /// Offer permessage-deflate (RFC 7692) to clients that ask for it (browsers do). Each frame
     /// is compressed once and the same bytes go to every connection that negotiated it.
@@ -95,7 +95,7 @@ impl Default for GatewayConfig {
             max_errors_per_10s: 20,
             online_push_interval_ms: 1000,
             fanout_chunk: 512,
-            fanout_spacing: 1.0,
+            fanout_spacing: 1.3,
             deflate: true,
             deflate_level: 6,
             deflate_min_bytes: 256,

@@ -474,7 +474,8 @@ impl Gateway {
     }
 
     /// [`Gateway::deliver`], and when the pass that writes the batch to the room's members is
-    /// done (at once for a room written inline, or nobody here).
+    /// done and the room is ready for its next one (at once for a room written inline, or
+    /// nobody here; after `fanout_spacing`'s pause for a big room).
     pub fn deliver_written(self: &Arc<Self>, batch: Arc<RoomBatch>) -> Written {
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.deliver_inner(batch, Some(tx));
@@ -545,7 +546,7 @@ impl Gateway {
                 );
                 return;
             }
-            self.write_items(&snapshot, &merge_batches(items));
+            let _ = self.write_items(&snapshot, &merge_batches(items));
             self.deps.metrics.fanout_passes.inc();
             for w in written.drain(..) {
                 let _ = w.send(());
@@ -578,14 +579,11 @@ impl Gateway {
                 }));
                 start = end;
             }
-            self.write_items(&snapshot[..chunk.min(snapshot.len())], &shared);
+            let mut queued = self.write_items(&snapshot[..chunk.min(snapshot.len())], &shared);
             for t in tasks {
-                let _ = t.await;
+                queued += t.await.unwrap_or(0);
             }
             let took = started.elapsed();
-            for w in written.drain(..) {
-                let _ = w.send(());
-            }
             let metrics = &self.deps.metrics;
             metrics.fanout_passes.inc();
             metrics.fanout_pass_big.observe(took.as_secs_f64());
@@ -593,11 +591,22 @@ impl Gateway {
             // Pace the passes: batches that arrive meanwhile queue up and go out together in
             // the next pass, so a big room's writes never take more than 1/spacing of the
             // node's time, whatever the message rate (see `GatewayConfig::fanout_spacing`).
-            let spacing = self.cfg.fanout_spacing.max(1.0);
+            let mut spacing = self.cfg.fanout_spacing.max(1.0);
+            // The sockets did not take it: more than a tenth of the members' socket buffers
+            // were full, so their readers are behind. Wait a whole pass before the next one —
+            // fewer, bigger frames — rather than pile more onto their outboxes.
+            if queued * 10 > snapshot.len() {
+                spacing = spacing.max(BEHIND_SPACING);
+            }
             if spacing > 1.0 {
                 // A pass slowed down by something else must not stall the room for long.
                 let pause = took.mul_f64(spacing - 1.0).min(MAX_PASS_PAUSE);
                 tokio::time::sleep(pause).await;
+            }
+            // Written, and the room is ready for its next pass: what the worker sends now goes
+            // out at once (telling it before a pause would make it wait a pass more).
+            for w in written.drain(..) {
+                let _ = w.send(());
             }
             match next_items(&room) {
                 Some((next, ws)) => (items, written) = (next, ws),
@@ -612,9 +621,12 @@ impl Gateway {
         }
     }
 
-    fn write_items(&self, conns: &[Arc<Conn>], items: &[Arc<Outgoing>]) {
+    /// Writes the items to each connection; returns how many could not take them whole (their
+    /// socket buffer was full, so what is left waits in their outbox).
+    fn write_items(&self, conns: &[Arc<Conn>], items: &[Arc<Outgoing>]) -> usize {
         let metrics = &self.deps.metrics;
         let mut slow = Vec::new();
+        let mut queued = 0;
         let z = &self.deflate;
         for conn in conns {
             let (wire, mode) = (conn.wire(), conn.deflate());
@@ -632,8 +644,13 @@ impl Gateway {
                     .collect();
                 conn.send_many(&frames, &self.limits, metrics)
             };
-            if sent == Sent::TooSlow {
-                slow.push(conn.clone());
+            match sent {
+                Sent::TooSlow => {
+                    queued += 1;
+                    slow.push(conn.clone());
+                }
+                Sent::Queued => queued += 1,
+                Sent::Written | Sent::Closed => {}
             }
         }
         let n = conns.len() as u64;
@@ -644,6 +661,7 @@ impl Gateway {
         for conn in slow {
             self.drop_slow(&conn);
         }
+        queued
     }
 
     pub(crate) fn drop_slow(&self, conn: &Arc<Conn>) {
@@ -878,6 +896,9 @@ impl Gateway {
         }
     }
 }
+
+/// The spacing of a big room's passes while its readers are behind (their sockets full).
+const BEHIND_SPACING: f64 = 2.0;
 
 /// The longest pause `fanout_spacing` puts between two passes over a room.
 const MAX_PASS_PAUSE: Duration = Duration::from_millis(500);
