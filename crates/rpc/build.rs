@@ -2,7 +2,10 @@
 //! building roomcast needs no `protoc`.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../proto");
+    // Read when the script runs, not when it was compiled: a target directory shared by two
+    // checkouts must not send one checkout's build to the other's files.
+    let dir = format!("{}/../../proto", std::env::var("CARGO_MANIFEST_DIR")?);
+    let dir = dir.as_str();
     let fds = protox::compile([format!("{dir}/internal.proto")], [dir])?;
     tonic_prost_build::configure()
         .build_client(true)
