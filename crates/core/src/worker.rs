@@ -1002,6 +1002,17 @@ mod tests {
     }
 
     async fn setup(cfg: WorkerConfig, routes: &[(&str, &str)]) -> Setup {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (bus, task) = setup_with(cfg, routes, Arc::new(Recorder(tx))).await;
+        Setup { bus, rx, task }
+    }
+
+    /// A running worker over a memory bus with these routes, delivering through `delivery`.
+    async fn setup_with(
+        cfg: WorkerConfig,
+        routes: &[(&str, &str)],
+        delivery: Arc<dyn Delivery>,
+    ) -> (Arc<MemoryBus>, tokio::task::JoinHandle<()>) {
         let (bus, mut consumers) = MemoryBus::new(1, 1000);
         let route_table = Arc::new(MemoryRoutes::default());
         for (room, node) in routes {
@@ -1014,7 +1025,6 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let (tx, rx) = mpsc::unbounded_channel();
         let history = Arc::new(History::new(
             HistoryConfig::default(),
             Arc::new(MemoryStore::new(100)),
@@ -1023,7 +1033,7 @@ mod tests {
             cfg,
             history,
             route_table,
-            Arc::new(Recorder(tx)),
+            delivery,
             Arc::new(Metrics::default()),
         );
         let consumer = consumers.pop().unwrap();
@@ -1032,11 +1042,7 @@ mod tests {
                 .run(Box::new(consumer), std::future::pending::<()>())
                 .await
         });
-        Setup {
-            bus: Arc::new(bus),
-            rx,
-            task,
-        }
+        (Arc::new(bus), task)
     }
 
     /// In the distributed mode each batch is in the room's recent list before any gateway has
@@ -1135,33 +1141,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_room_gathers_while_its_batch_is_written_and_sends_the_moment_it_is() {
-        let routes = Arc::new(MemoryRoutes::default());
-        let n1 = NodeId::new("n1");
-        routes.renew(&n1, Duration::from_secs(3600)).await.unwrap();
-        routes.add(&RoomId::parse("r").unwrap(), &n1).await.unwrap();
-        let (bus, mut consumers) = MemoryBus::new(1, 100);
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let worker = RoomWorker::new(
-            WorkerConfig {
-                batch_window_ms: 20,
-                batch_window_max_ms: 200,
-                batch_max: 100,
-                ..Default::default()
-            },
-            Arc::new(History::new(
-                HistoryConfig::default(),
-                Arc::new(MemoryStore::new(100)),
-            )),
-            routes,
-            Arc::new(Gated(tx)),
-            Arc::new(Metrics::default()),
-        );
-        let consumer = consumers.pop().unwrap();
-        let task = tokio::spawn(async move {
-            worker
-                .run(Box::new(consumer), std::future::pending::<()>())
-                .await
-        });
+        let cfg = WorkerConfig {
+            batch_window_ms: 20,
+            batch_window_max_ms: 200,
+            batch_max: 100,
+            ..Default::default()
+        };
+        let (bus, task) = setup_with(cfg, &[("r", "n1")], Arc::new(Gated(tx))).await;
         let seqs = |b: &RoomBatch| b.msgs.iter().map(|m| m.seq).collect::<Vec<_>>();
         let t0 = Instant::now();
         bus.publish(msg("r", 1)).await.unwrap();

@@ -31,25 +31,8 @@ struct Frame {
 
 impl Deflating {
     async fn connect(addr: SocketAddr, path: &str, offer: &str) -> Deflating {
-        let mut stream = TcpStream::connect(addr).await.unwrap();
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: {offer}\r\n\r\n"
-        );
-        stream.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            let n = tokio::time::timeout(WAIT, stream.read(&mut chunk))
-                .await
-                .expect("handshake in time")
-                .unwrap();
-            assert!(n > 0, "server closed during the handshake");
-            buf.extend_from_slice(&chunk[..n]);
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).to_string();
+        let extra = format!("Sec-WebSocket-Extensions: {offer}\r\n");
+        let (stream, rest, head) = raw_upgrade(addr, path, &extra).await;
         assert!(head.starts_with("HTTP/1.1 101"), "{head}");
         let agreed = head.lines().find_map(|l| {
             let (k, v) = l.split_once(':')?;
@@ -58,7 +41,7 @@ impl Deflating {
         });
         Deflating {
             stream,
-            buf: buf[end..].to_vec(),
+            buf: rest,
             agreed,
         }
     }
