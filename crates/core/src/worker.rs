@@ -712,12 +712,8 @@ impl RoomWorker {
 
     async fn flush_due(&self, rooms: &mut Rooms) {
         let now = Instant::now();
-        if let Some(Reverse((t, _))) = rooms.timers.peek()
-            && *t <= now
-        {
-            self.observe_lateness(now - *t);
-        }
         let mut due = Vec::new();
+        let mut observed = false;
         while let Some(Reverse((t, _))) = rooms.timers.peek() {
             if *t > now {
                 break;
@@ -725,8 +721,15 @@ impl RoomWorker {
             let Some(Reverse((t, room))) = rooms.timers.pop() else {
                 break;
             };
-            // Entries go stale when a room was flushed early (full batch); skip those.
+            // Entries go stale when a room went out before its timer (its previous batch was
+            // written, or its batch filled up): skip those. Only a live timer says how late
+            // the loop runs; a stale one fires after its room went out, and counting it would
+            // widen the window for nothing.
             if rooms.state.get(&room).is_some_and(|s| s.due == Some(t)) {
+                if !observed {
+                    self.observe_lateness(now - t);
+                    observed = true;
+                }
                 due.push(room);
             }
         }

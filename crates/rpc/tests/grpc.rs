@@ -311,6 +311,64 @@ async fn batches_reach_their_gateways_in_order_and_a_stuck_gateway_stalls_no_one
     }
 }
 
+/// The worker's pacing over gRPC: a tracked batch counts as written once the call carrying it
+/// is answered (the gateway has it; the gateway merges what it gets while a room's pass runs),
+/// and a call that fails counts too, so a stuck gateway holds a room for its timeout at most.
+#[tokio::test]
+async fn a_tracked_batch_is_written_once_its_gateway_answers_or_its_call_fails() {
+    let (a_addr, mut a_rx, _) = gateway_node().await;
+    let (stuck, b_addr) = listener().await;
+    let _hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stuck.accept().await {
+            held.push(s);
+        }
+    });
+    let nodes = directory(&[
+        info("a", NodeRole::Gateway, &a_addr),
+        info("b", NodeRole::Gateway, &b_addr),
+    ]);
+    let timeout = Duration::from_millis(300);
+    let delivery = GrpcDelivery::new(
+        nodes,
+        DeliverySettings {
+            call_timeout: timeout,
+            ..DeliverySettings::default()
+        },
+    );
+    let (a, b) = (NodeId::new("a"), NodeId::new("b"));
+    let written = within(
+        "deliver",
+        delivery.deliver_tracked(&a, batch("r", 1, 1..=2)),
+    )
+    .await
+    .unwrap();
+    within("written", written.wait()).await;
+    // Answered means the gateway has it.
+    assert_eq!(a_rx.try_recv().unwrap().msgs.len(), 2, "a has the batch");
+
+    let started = tokio::time::Instant::now();
+    let mut stuck_write = Box::pin(
+        within(
+            "deliver",
+            delivery.deliver_tracked(&b, batch("r", 1, 3..=3)),
+        )
+        .await
+        .unwrap()
+        .wait(),
+    );
+    // Not written while b has not answered...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), &mut stuck_write)
+            .await
+            .is_err(),
+        "written before the gateway answered"
+    );
+    // ...and written (given up on) when the call times out, not held any longer.
+    within("the call's timeout", stuck_write).await;
+    assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+}
+
 #[tokio::test]
 async fn a_gateway_that_leaves_gets_nothing_more() {
     let (a_addr, mut a_rx, _) = gateway_node().await;
