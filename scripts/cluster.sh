@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 dir=${RC_CLUSTER_DIR:-$root/.cluster}
-bin=${RC_BIN:-$root/target/debug/roomcast}
+bin=${RC_BIN:-${CARGO_TARGET_DIR:-$root/target}/debug/roomcast}
 
 log() { printf 'cluster: %s\n' "$*" >&2; }
 die() {
