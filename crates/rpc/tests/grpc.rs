@@ -252,12 +252,14 @@ async fn received(
     got
 }
 
-#[tokio::test]
-async fn batches_reach_their_gateways_in_order_and_a_stuck_gateway_stalls_no_one() {
-    let (a_addr, mut a_rx, _) = gateway_node().await;
-    // B accepts connections and never answers: every call to it runs into its timeout.
+/// A delivery to two gateways: "a" answers (its batches arrive on the receiver), "b" accepts
+/// connections and never answers, so every call to it runs into its timeout.
+async fn a_live_and_a_stuck_gateway(
+    settings: DeliverySettings,
+) -> (GrpcDelivery, mpsc::UnboundedReceiver<Arc<RoomBatch>>) {
+    let (a_addr, a_rx, _) = gateway_node().await;
     let (stuck, b_addr) = listener().await;
-    let _hold = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((s, _)) = stuck.accept().await {
             held.push(s);
@@ -267,14 +269,17 @@ async fn batches_reach_their_gateways_in_order_and_a_stuck_gateway_stalls_no_one
         info("a", NodeRole::Gateway, &a_addr),
         info("b", NodeRole::Gateway, &b_addr),
     ]);
-    let delivery = GrpcDelivery::new(
-        nodes,
-        DeliverySettings {
-            queue: 100,
-            call_timeout: Duration::from_millis(300),
-            ..DeliverySettings::default()
-        },
-    );
+    (GrpcDelivery::new(nodes, settings), a_rx)
+}
+
+#[tokio::test]
+async fn batches_reach_their_gateways_in_order_and_a_stuck_gateway_stalls_no_one() {
+    let (delivery, mut a_rx) = a_live_and_a_stuck_gateway(DeliverySettings {
+        queue: 100,
+        call_timeout: Duration::from_millis(300),
+        ..DeliverySettings::default()
+    })
+    .await;
     let (a, b) = (NodeId::new("a"), NodeId::new("b"));
     // a's connection is up before the burst (the first call connects).
     delivery.deliver(&a, batch("warm", 1, 1..=1)).await.unwrap();
@@ -316,26 +321,12 @@ async fn batches_reach_their_gateways_in_order_and_a_stuck_gateway_stalls_no_one
 /// and a call that fails counts too, so a stuck gateway holds a room for its timeout at most.
 #[tokio::test]
 async fn a_tracked_batch_is_written_once_its_gateway_answers_or_its_call_fails() {
-    let (a_addr, mut a_rx, _) = gateway_node().await;
-    let (stuck, b_addr) = listener().await;
-    let _hold = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = stuck.accept().await {
-            held.push(s);
-        }
-    });
-    let nodes = directory(&[
-        info("a", NodeRole::Gateway, &a_addr),
-        info("b", NodeRole::Gateway, &b_addr),
-    ]);
     let timeout = Duration::from_millis(300);
-    let delivery = GrpcDelivery::new(
-        nodes,
-        DeliverySettings {
-            call_timeout: timeout,
-            ..DeliverySettings::default()
-        },
-    );
+    let (delivery, mut a_rx) = a_live_and_a_stuck_gateway(DeliverySettings {
+        call_timeout: timeout,
+        ..DeliverySettings::default()
+    })
+    .await;
     let (a, b) = (NodeId::new("a"), NodeId::new("b"));
     let written = within(
         "deliver",
