@@ -396,6 +396,35 @@ fn load(conn: &Connection, room: &str, limit: usize) -> rusqlite::Result<Option<
     }))
 }
 
+fn read_after(
+    conn: &Connection,
+    room: &str,
+    epoch: u32,
+    after_seq: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<RoomMsg>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT msg_id, uid, content, created_at, epoch, seq, name, kind, payload
+         FROM room_chat_message WHERE room_id = ?1 AND epoch = ?2 AND seq > ?3
+         ORDER BY seq LIMIT ?4",
+    )?;
+    stmt.query_map(params![room, epoch, after_seq as i64, limit as i64], |r| {
+        Ok(RoomMsg {
+            room_id: room.to_owned(),
+            msg_id: r.get::<_, i64>(0)? as u64,
+            user_id: r.get(1)?,
+            text: r.get(2)?,
+            ts: r.get::<_, i64>(3)? as u64,
+            epoch: r.get(4)?,
+            seq: r.get::<_, i64>(5)? as u64,
+            name: r.get(6)?,
+            kind: r.get(7)?,
+            payload: r.get(8)?,
+        })
+    })?
+    .collect()
+}
+
 impl MessageStore for SqliteStore {
     fn append(&self, batch: Arc<RoomBatch>) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(self.writer.append(batch))
@@ -413,6 +442,25 @@ impl MessageStore for SqliteStore {
                 .await
                 .map_err(unavailable)?
                 .map_err(unavailable)
+        })
+    }
+
+    fn read_after(
+        &self,
+        room: &RoomId,
+        epoch: u32,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<RoomMsg>, StoreError>> {
+        let reader = self.reader.clone();
+        let room = room.as_str().to_owned();
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || {
+                read_after(&reader.lock(), &room, epoch, after_seq, limit)
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)
         })
     }
 

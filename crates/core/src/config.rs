@@ -70,6 +70,9 @@ pub struct GatewayConfig {
     /// The lease on this node's routes; renewed every third of it. A node that stops renewing
     /// (crashed, stalled) drops out of every room's route at its end.
     pub route_lease_s: u32,
+    /// Every how often a gateway re-asserts its whole route set even when nothing failed (it
+    /// always does after a failed route write and when its lease had lapsed).
+    pub route_reconcile_s: u32,
     /// `join`s per connection (over it: `rate_limited` with `retry_after_ms`).
     pub join_limit: LimitConfig,
     /// Rooms that get their first member on this node, per second across all connections, so
@@ -106,6 +109,7 @@ impl Default for GatewayConfig {
             critical_max_attempts: 6,
             route_linger_ms: 1000,
             route_lease_s: 30,
+            route_reconcile_s: 30,
             join_limit: LimitConfig {
                 rate: 5.0,
                 burst: 20.0,
@@ -208,8 +212,10 @@ pub struct IngestConfig {
     /// A word list (one word or phrase per line, `#` comments); empty: no filter.
     pub words_file: Option<std::path::PathBuf>,
     pub filter_mode: FilterMode,
-    /// Node number (0–1023) in message ids; give each ingest node its own.
-    pub node_number: u16,
+    /// Node number (0–1023) in message ids. Unset (the default): standalone uses 0, and in
+    /// the distributed mode every ingest and gateway node claims a free one in etcd. Set: the
+    /// node claims exactly that one and refuses to start while another node holds it.
+    pub node_number: Option<u16>,
 }
 
 impl Default for IngestConfig {
@@ -226,7 +232,7 @@ impl Default for IngestConfig {
             },
             words_file: None,
             filter_mode: FilterMode::Reject,
-            node_number: 0,
+            node_number: None,
         }
     }
 }
@@ -286,8 +292,12 @@ impl Default for WorkerConfig {
 pub struct HistoryConfig {
     /// Messages returned on join when the client does not say.
     pub default_count: usize,
-    /// Most messages a join may ask for; also the recovery window.
+    /// Most messages a join may ask for, and how many a room keeps in memory (the worker's ring,
+    /// the recent list in Redis) to answer joins and recoveries without the store.
     pub max_count: usize,
+    /// Most messages a recovery (`join` with `since`) returns. A gap the recent messages do not
+    /// prove they cover is read from the message store; a longer one is `recovered: false`.
+    pub recover_max_count: usize,
     /// Rooms untouched this long drop their in-memory history (it is reloaded from the store).
     pub idle_evict_s: u64,
     /// Most rooms whose history is cached in memory; past it, the least recently used room not
@@ -300,6 +310,7 @@ impl Default for HistoryConfig {
         HistoryConfig {
             default_count: 50,
             max_count: 200,
+            recover_max_count: 2000,
             idle_evict_s: 600,
             max_rooms: 10_000,
         }

@@ -30,6 +30,7 @@ use crate::config::HistoryConfig;
 use crate::ids::RoomId;
 use crate::model::{RoomBatch, RoomMsg};
 use crate::ports::{MessageStore, StoreError};
+use crate::recovery::{StoreRecovery, contiguous_after};
 use crate::shard::Sharded;
 
 /// What a join asks for.
@@ -71,7 +72,8 @@ impl HistoryReader for History {
 }
 
 /// A join's answer from a room's position and its recent messages (oldest first): the recovery
-/// after `since` when the messages cover it, otherwise the last `limit` (within `secs`).
+/// after `since` when the messages prove they cover it (every seq after it, once), otherwise
+/// the last `limit` (within `secs`) with `recovered: false`.
 pub(crate) fn answer<'a>(
     cfg: &HistoryConfig,
     epoch: u32,
@@ -86,20 +88,14 @@ pub(crate) fn answer<'a>(
         .min(cfg.max_count);
     let mut recovered = None;
     if let Some(since) = &q.since {
-        let mut ok = false;
-        if since.epoch == epoch && since.seq <= last_seq {
-            if since.seq == last_seq {
-                ok = true;
-            } else if let Some(oldest) = ring.clone().find(|m| m.epoch == epoch) {
-                ok = oldest.seq <= since.seq + 1;
-            }
-        }
-        recovered = Some(ok);
-        if ok {
-            let msgs = ring
-                .filter(|m| m.epoch == epoch && m.seq > since.seq)
-                .cloned()
-                .collect();
+        // Only what is proven contiguous counts as recovered (docs: module recovery).
+        let proven = (since.epoch == epoch
+            && since.seq <= last_seq
+            && last_seq - since.seq <= cfg.recover_max_count as u64)
+            .then(|| contiguous_after(ring.clone(), epoch, since.seq, last_seq))
+            .flatten();
+        recovered = Some(proven.is_some());
+        if let Some(msgs) = proven {
             return HistoryPage {
                 epoch,
                 last_seq,
@@ -123,6 +119,37 @@ pub(crate) fn answer<'a>(
         last_seq,
         msgs,
         recovered,
+    }
+}
+
+/// `page` (a join's answer with `recovered: false` for a gap in its own epoch), or the
+/// recovery from the store joined with `recent` when together they prove the gap.
+pub(crate) async fn recover_or(
+    recovery: &StoreRecovery,
+    cfg: &HistoryConfig,
+    room: &RoomId,
+    after: u64,
+    page: HistoryPage,
+    recent: &[Arc<RoomMsg>],
+) -> HistoryPage {
+    match recovery
+        .recover(
+            room,
+            page.epoch,
+            after,
+            page.last_seq,
+            recent,
+            cfg.recover_max_count,
+        )
+        .await
+    {
+        Some((last_seq, msgs)) => HistoryPage {
+            epoch: page.epoch,
+            last_seq,
+            msgs,
+            recovered: Some(true),
+        },
+        None => page,
     }
 }
 
@@ -158,6 +185,8 @@ pub struct History {
     count: AtomicUsize,
     tick: AtomicU64,
     fresh_epochs: bool,
+    /// Recoveries older than a room's ring.
+    recovery: StoreRecovery,
 }
 
 /// A random non-zero epoch.
@@ -178,6 +207,7 @@ impl History {
         let shards = (cfg.max_rooms / 64).clamp(1, 64);
         History {
             cfg,
+            recovery: StoreRecovery::new(store.clone()),
             store,
             rooms: Sharded::new(shards),
             count: AtomicUsize::new(0),
@@ -327,11 +357,27 @@ impl History {
         self.store.append(batch).await
     }
 
-    /// Answers a join.
+    /// Answers a join; a recovery older than the ring reads the store.
     pub async fn query(&self, room: &RoomId, q: &HistoryQuery) -> Result<HistoryPage, StoreError> {
         let slot = self.room(room).await?;
-        let h = slot.lock();
-        Ok(answer(&self.cfg, h.epoch, h.last_seq, h.ring.iter(), q))
+        let (page, ring) = {
+            let h = slot.lock();
+            let page = answer(&self.cfg, h.epoch, h.last_seq, h.ring.iter(), q);
+            let gap = page.recovered == Some(false)
+                && q.since
+                    .as_ref()
+                    .is_some_and(|s| s.epoch == h.epoch && s.seq < h.last_seq);
+            (
+                page,
+                gap.then(|| h.ring.iter().cloned().collect::<Vec<_>>()),
+            )
+        };
+        match (ring, &q.since) {
+            (Some(ring), Some(since)) => {
+                Ok(recover_or(&self.recovery, &self.cfg, room, since.seq, page, &ring).await)
+            }
+            _ => Ok(page),
+        }
     }
 
     /// Forgets the in-memory history of rooms untouched for `idle_evict_s` (it is reloaded
@@ -455,8 +501,23 @@ mod tests {
         let p = h.query(&r, &since(2)).await.unwrap();
         assert_eq!(
             (seqs(&p), p.recovered),
+            (vec![3, 4, 5, 6, 7, 8], Some(true)),
+            "older than the ring: from the store"
+        );
+        let short = History::new(
+            HistoryConfig {
+                default_count: 3,
+                max_count: 5,
+                recover_max_count: 5,
+                ..Default::default()
+            },
+            h.store().clone(),
+        );
+        let p = short.query(&r, &since(2)).await.unwrap();
+        assert_eq!(
+            (seqs(&p), p.recovered),
             (vec![6, 7, 8], Some(false)),
-            "too old: last N"
+            "longer than recover_max_count: last N"
         );
         let p = h.query(&r, &since(9)).await.unwrap();
         assert_eq!(p.recovered, Some(false), "from the future");
@@ -528,6 +589,15 @@ mod tests {
             limit: usize,
         ) -> crate::BoxFut<'_, Result<Option<crate::ports::StoredRoom>, StoreError>> {
             self.0.load_room(room, limit)
+        }
+        fn read_after(
+            &self,
+            room: &RoomId,
+            epoch: u32,
+            after_seq: u64,
+            limit: usize,
+        ) -> crate::BoxFut<'_, Result<Vec<RoomMsg>, StoreError>> {
+            self.0.read_after(room, epoch, after_seq, limit)
         }
         fn flush(&self) -> crate::BoxFut<'_, Result<(), StoreError>> {
             self.0.flush()

@@ -11,6 +11,8 @@ pub mod auth;
 pub mod client_error;
 pub mod clock;
 pub mod config;
+#[cfg(any(test, feature = "testkit"))]
+pub mod fault_proxy;
 pub mod gateway;
 pub mod history;
 pub mod ids;
@@ -20,6 +22,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod ports;
+pub mod recovery;
 pub mod remote_history;
 pub mod route_cache;
 pub mod shard;

@@ -174,6 +174,14 @@ pub struct Metrics {
     pub route_reads: Counter,
     /// Route table writes by the gateway (adds and removes on a room's 0↔1 edges, node drops).
     pub route_writes: Counter,
+    /// Route table writes or lease renewals that failed (the next renewal reconciles).
+    pub route_write_failures: Counter,
+    /// Full reconciliations of this node's routes with its rooms.
+    pub route_reconciles: Counter,
+    /// Routes a reconciliation had to add (lost writes, a flushed Redis) or remove (stale).
+    pub route_repairs: Counter,
+    /// Dead nodes whose routes this node deleted (their lease had run out).
+    pub dead_nodes_collected: Counter,
     pub batch_size: Histogram,
     /// The batch window a room worker most recently adapted to, in microseconds.
     pub batch_window_us: Gauge,
@@ -218,6 +226,13 @@ pub struct Metrics {
     pub store_write_failing: Gauge,
     /// Rooms whose history is cached in memory (capped by `history.max_rooms`).
     pub history_rooms: Gauge,
+    /// Recoveries (`join` with `since`) the recent messages could not prove, read from the
+    /// message store; and those answered from another viewer's read of the same room.
+    pub recovery_store_reads: Counter,
+    pub recovery_store_shared: Counter,
+    /// Recoveries answered `recovered: false` because neither the recent messages nor the
+    /// store proved the gap contiguous (or the store could not be read).
+    pub recovery_unproven: Counter,
 }
 
 impl Default for Metrics {
@@ -237,6 +252,10 @@ impl Default for Metrics {
             batches: Counter::default(),
             route_reads: Counter::default(),
             route_writes: Counter::default(),
+            route_write_failures: Counter::default(),
+            route_reconciles: Counter::default(),
+            route_repairs: Counter::default(),
+            dead_nodes_collected: Counter::default(),
             batch_size: Histogram::new(BATCH_SIZES),
             batch_window_us: Gauge::default(),
             frames_out: Counter::default(),
@@ -265,6 +284,9 @@ impl Default for Metrics {
             store_write_failures: Counter::default(),
             store_write_failing: Gauge::default(),
             history_rooms: Gauge::default(),
+            recovery_store_reads: Counter::default(),
+            recovery_store_shared: Counter::default(),
+            recovery_unproven: Counter::default(),
         }
     }
 }
@@ -425,6 +447,48 @@ impl Metrics {
             "roomcast_route_writes_total",
             "Route table writes by the gateway (a room's first member arrives, its last one left route_linger_ms ago, the node drops its routes).",
             self.route_writes.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_recovery_store_reads_total",
+            "Recoveries the recent messages could not prove, read from the message store.",
+            self.recovery_store_reads.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_recovery_store_shared_total",
+            "Recoveries answered from another viewer's store read of the same room (single-flight).",
+            self.recovery_store_shared.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_recovery_unproven_total",
+            "Recoveries answered recovered: false: neither the recent messages nor the store proved the gap contiguous.",
+            self.recovery_unproven.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_route_write_failures_total",
+            "Route writes and lease renewals that failed; the node's next renewal reconciles its routes.",
+            self.route_write_failures.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_route_reconciles_total",
+            "Full reconciliations of this gateway's routes with the rooms it has members in.",
+            self.route_reconciles.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_route_repairs_total",
+            "Routes a reconciliation found missing (added back) or stale (removed).",
+            self.route_repairs.get(),
+        );
+        counter(
+            &mut o,
+            "roomcast_dead_nodes_collected_total",
+            "Nodes whose lease had run out and whose routes this gateway deleted.",
+            self.dead_nodes_collected.get(),
         );
         counter(
             &mut o,

@@ -12,14 +12,16 @@ use std::sync::Arc;
 
 use crate::BoxFut;
 use crate::config::HistoryConfig;
-use crate::history::{HistoryPage, HistoryQuery, HistoryReader, answer};
+use crate::history::{HistoryPage, HistoryQuery, HistoryReader, answer, recover_or};
 use crate::ids::RoomId;
 use crate::ports::{MessageStore, RecentMessages, StoreError};
+use crate::recovery::StoreRecovery;
 
 pub struct RemoteHistory {
     cfg: HistoryConfig,
     recent: Arc<dyn RecentMessages>,
     store: Arc<dyn MessageStore>,
+    recovery: StoreRecovery,
 }
 
 impl RemoteHistory {
@@ -28,7 +30,18 @@ impl RemoteHistory {
         recent: Arc<dyn RecentMessages>,
         store: Arc<dyn MessageStore>,
     ) -> Self {
-        RemoteHistory { cfg, recent, store }
+        RemoteHistory {
+            cfg,
+            recent,
+            recovery: StoreRecovery::new(store.clone()),
+            store,
+        }
+    }
+
+    /// Counts store reads for recovery in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.recovery = StoreRecovery::new(self.store.clone()).with_metrics(metrics);
+        self
     }
 }
 
@@ -63,7 +76,18 @@ impl HistoryReader for RemoteHistory {
                     None => (0, 0, Vec::new()),
                 },
             };
-            Ok(answer(&self.cfg, epoch, last_seq, msgs.iter(), q))
+            let page = answer(&self.cfg, epoch, last_seq, msgs.iter(), q);
+            // A hole in the list (a push that failed) or a gap older than it: the store.
+            match &q.since {
+                Some(since)
+                    if page.recovered == Some(false)
+                        && since.epoch == epoch
+                        && since.seq < last_seq =>
+                {
+                    Ok(recover_or(&self.recovery, &self.cfg, room, since.seq, page, &msgs).await)
+                }
+                _ => Ok(page),
+            }
         })
     }
 }
@@ -142,10 +166,41 @@ mod tests {
             since: Some(Since { epoch: 7, seq: 2 }),
             ..HistoryQuery::default()
         };
+        let p = h.query(&room, &gap).await.unwrap();
         assert_eq!(
-            h.query(&room, &gap).await.unwrap().recovered,
-            Some(false),
-            "4 is not in the list"
+            (p.recovered, p.last_seq, seqs(&p)),
+            (Some(true), 6, vec![3, 4, 5, 6]),
+            "3 and 4 are not in the list: the store has them"
         );
+    }
+
+    /// A push to the list that failed leaves a hole: recovery over it reads the store, and says
+    /// `recovered: false` when the store does not have the message either.
+    #[tokio::test]
+    async fn a_hole_in_the_list_is_never_called_recovered() {
+        let recent = Arc::new(MemoryRecent::default());
+        let store = Arc::new(MemoryStore::new(100));
+        let h = RemoteHistory::new(HistoryConfig::default(), recent.clone(), store.clone());
+        let room = RoomId::parse("r").unwrap();
+        let ttl = Duration::from_secs(60);
+        recent.push(&batch("r", 7, 1..=3), 100, ttl).await.unwrap();
+        // 4 was delivered, its push failed; 5 and 6 were pushed.
+        recent.push(&batch("r", 7, 5..=6), 100, ttl).await.unwrap();
+        let since = |seq| HistoryQuery {
+            since: Some(Since { epoch: 7, seq }),
+            ..HistoryQuery::default()
+        };
+        let p = h.query(&room, &since(2)).await.unwrap();
+        assert_eq!(p.recovered, Some(false), "4 is in neither: {:?}", seqs(&p));
+        let p = h.query(&room, &since(4)).await.unwrap();
+        assert_eq!(
+            (p.recovered, seqs(&p)),
+            (Some(true), vec![5, 6]),
+            "after the hole"
+        );
+        // The store has it (written after delivery): recovered from there.
+        store.append(Arc::new(batch("r", 7, 1..=6))).await.unwrap();
+        let p = h.query(&room, &since(2)).await.unwrap();
+        assert_eq!((p.recovered, seqs(&p)), (Some(true), vec![3, 4, 5, 6]));
     }
 }

@@ -231,8 +231,23 @@ mod tests {
                 read
             })
         }
-        fn renew(&self, node: &NodeId, ttl: Duration) -> crate::BoxFut<'_, Result<(), RouteError>> {
+        fn renew(
+            &self,
+            node: &NodeId,
+            ttl: Duration,
+        ) -> crate::BoxFut<'_, Result<bool, RouteError>> {
             self.inner.renew(node, ttl)
+        }
+        fn reconcile<'a>(
+            &'a self,
+            node: &'a NodeId,
+            rooms: &'a [RoomId],
+            ttl: Duration,
+        ) -> crate::BoxFut<'a, Result<crate::ports::Reconciled, RouteError>> {
+            self.inner.reconcile(node, rooms, ttl)
+        }
+        fn collect_dead(&self) -> crate::BoxFut<'_, Result<Vec<NodeId>, RouteError>> {
+            self.inner.collect_dead()
         }
         fn drop_node(&self, node: &NodeId) -> crate::BoxFut<'_, Result<usize, RouteError>> {
             self.inner.drop_node(node)

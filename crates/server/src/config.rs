@@ -496,7 +496,7 @@ impl Config {
         if self.dev.token_ttl_s == 0 {
             bail!("dev.token_ttl_s must be positive");
         }
-        if self.ingest.node_number > 1023 {
+        if self.ingest.node_number.is_some_and(|n| n > 1023) {
             bail!("ingest.node_number must be at most 1023");
         }
         for (name, l) in [

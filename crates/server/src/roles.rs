@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use parking_lot::Mutex;
 use roomcast_backends::etcd::EtcdDiscovery;
 use roomcast_backends::kafka::KafkaBus;
 use roomcast_backends::mysql::{MysqlOptions, MysqlOutbox, MysqlStore};
@@ -128,6 +129,8 @@ pub struct RoleRunning {
     pub gateway: Option<Arc<Gateway>>,
     lease: Arc<dyn NodeLease>,
     stop_lease: watch::Sender<bool>,
+    /// The node number in message ids, claimed in etcd (gateway and ingest).
+    number: Option<NumberClaim>,
     discovery: Arc<dyn Discovery>,
     stop_http: watch::Sender<bool>,
     http_task: JoinHandle<()>,
@@ -200,6 +203,100 @@ async fn register(
     Ok((lease, stop))
 }
 
+/// The scope of node numbers in etcd: ingest and gateway nodes issue ids of one space.
+const ID_NUMBERS: &str = "ids";
+/// Node numbers in message ids (10 bits).
+const ID_NUMBER_COUNT: u16 = 1024;
+
+/// A node number claimed in etcd and the task keeping its lease alive.
+struct NumberClaim {
+    number: u16,
+    lease: Arc<Mutex<Arc<dyn NodeLease>>>,
+    stop: watch::Sender<bool>,
+}
+
+/// Claims this node's number for message ids (`ingest.node_number`, or the lowest free one).
+/// A set number held by another live node is an error: two nodes must never issue one id.
+async fn claim_number(
+    discovery: &Arc<dyn Discovery>,
+    node: &NodeId,
+    wanted: Option<u16>,
+    ttl: Duration,
+) -> anyhow::Result<(u16, Arc<dyn NodeLease>)> {
+    match discovery
+        .claim_number(ID_NUMBERS, node, wanted, ID_NUMBER_COUNT, ttl)
+        .await
+    {
+        Ok((n, lease)) => Ok((n, Arc::from(lease))),
+        Err(roomcast_core::ports::DiscoveryError::Taken(_)) => match wanted {
+            Some(n) => bail!(
+                "ingest.node_number = {n} is held by another live node: message ids would collide; give each node its own number or leave it unset"
+            ),
+            None => bail!("every node number (0-1023) is held by a live node"),
+        },
+        Err(e) => Err(anyhow::Error::new(e).context("cannot claim a node number in etcd")),
+    }
+}
+
+/// Keeps the claim alive until `stop`. When it expired anyway (etcd was out of reach longer
+/// than the lease) the node claims its number again, or, if another node took it meanwhile,
+/// a new one, which `ids` uses from then on (logged: ids made while the claim was lost may
+/// collide with the other node's).
+fn keep_number(
+    discovery: Arc<dyn Discovery>,
+    node: NodeId,
+    number: u16,
+    first: Arc<dyn NodeLease>,
+    ttl: Duration,
+    ids: Vec<Arc<IdGenerator>>,
+) -> NumberClaim {
+    let (stop, mut stop_rx) = watch::channel(false);
+    let lease = Arc::new(Mutex::new(first));
+    let current = lease.clone();
+    tokio::spawn(async move {
+        let mut number = number;
+        loop {
+            let l = current.lock().clone();
+            tokio::select! {
+                _ = stop_rx.wait_for(|v| *v) => return,
+                _ = tokio::time::sleep(l.keep_alive_every()) => {}
+            }
+            match l.keep_alive().await {
+                Ok(()) => {}
+                Err(roomcast_core::ports::DiscoveryError::Expired(_)) => {
+                    let again = match claim_number(&discovery, &node, Some(number), ttl).await {
+                        Ok(c) => Ok(c),
+                        Err(_) => claim_number(&discovery, &node, None, ttl).await,
+                    };
+                    match again {
+                        Ok((n, l)) => {
+                            if n != number {
+                                tracing::error!(node = %node, old = number, new = n, "the node number's claim expired and another node took it; issuing ids with a new number");
+                                for g in &ids {
+                                    g.set_node(n);
+                                }
+                                number = n;
+                            } else {
+                                tracing::warn!(node = %node, number, "the node number's claim had expired; claimed again");
+                            }
+                            *current.lock() = l;
+                        }
+                        Err(e) => {
+                            tracing::error!(node = %node, error = %e, "cannot claim a node number again; retrying")
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "node number keep-alive failed; retrying"),
+            }
+        }
+    });
+    NumberClaim {
+        number,
+        lease,
+        stop,
+    }
+}
+
 async fn grpc_listener(config: &Config) -> anyhow::Result<(tokio::net::TcpListener, String)> {
     let l = tokio::net::TcpListener::bind(config.cluster.grpc_listen)
         .await
@@ -239,7 +336,7 @@ fn serve_grpc(
 }
 
 /// Starts a role; [`RoleRunning::shutdown`] stops it.
-pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
+pub async fn start(role: Role, mut config: Config) -> anyhow::Result<RoleRunning> {
     let needs = needs(role, &config)?;
     let metrics = Arc::new(Metrics::default());
     let node = NodeId::new(config.node_id());
@@ -250,6 +347,18 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             .await
             .context("cluster.etcd_url")?,
     );
+    // Nodes that issue message ids claim their number first (never two nodes on one).
+    let claimed = match role {
+        Role::Gateway | Role::Ingest => {
+            let (n, lease) =
+                claim_number(&discovery, &node, config.ingest.node_number, ttl).await?;
+            tracing::info!(node = %node, number = n, "node number for message ids claimed");
+            config.ingest.node_number = Some(n);
+            Some((n, lease))
+        }
+        Role::Worker => None,
+    };
+    let mut id_generators: Vec<Arc<IdGenerator>> = Vec::new();
     let redis = RedisConn::connect(&needs.redis_url, &config.redis.key_prefix)
         .await
         .context("redis.url")?;
@@ -334,11 +443,14 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                     node: node.clone(),
                     auth,
                     ingest: ingest.clone(),
-                    history: Arc::new(RemoteHistory::new(
-                        config.history.clone(),
-                        Arc::new(RedisRecent::new(redis.clone())),
-                        store,
-                    )),
+                    history: Arc::new(
+                        RemoteHistory::new(
+                            config.history.clone(),
+                            Arc::new(RedisRecent::new(redis.clone())),
+                            store,
+                        )
+                        .with_metrics(metrics.clone()),
+                    ),
                     routes: Arc::new(RedisRouteTable::new(redis.clone())),
                     presence: presence.clone(),
                     moderation: Arc::new(RedisModeration::new(redis.clone())),
@@ -368,7 +480,8 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                 stop_grpc_rx,
             ));
             // Critical messages' ids: `ingest.node_number` must be unique per node.
-            let ids = Arc::new(IdGenerator::new(config.ingest.node_number));
+            let ids = Arc::new(IdGenerator::new(config.ingest.node_number.unwrap_or(0)));
+            id_generators.push(ids.clone());
             let app = gateway_router(
                 &config,
                 gateway.clone(),
@@ -415,6 +528,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
                 filter,
                 metrics.clone(),
             ));
+            id_generators.push(ingest.ids());
             if let Some(store) = outbox_store.clone() {
                 let ids = ingest.ids();
                 let relay =
@@ -492,6 +606,16 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
             .clone()
             .unwrap_or_else(|| format!("ws://{addr}/ws"))
     });
+    let number = claimed.map(|(n, lease)| {
+        keep_number(
+            discovery.clone(),
+            node.clone(),
+            n,
+            lease,
+            ttl,
+            id_generators,
+        )
+    });
     let (lease, stop_lease) = register(
         discovery.clone(),
         NodeInfo {
@@ -518,6 +642,7 @@ pub async fn start(role: Role, config: Config) -> anyhow::Result<RoleRunning> {
         gateway: gateway_out,
         lease,
         stop_lease,
+        number,
         discovery,
         stop_http,
         http_task,
@@ -586,6 +711,14 @@ impl RoleRunning {
                 .await
                 .context("cannot flush the message store")?;
         }
+        if let Some(number) = &self.number {
+            // Nothing issues ids any more: the number is free for the next node.
+            let _ = number.stop.send(true);
+            let lease = number.lease.lock().clone();
+            if let Err(e) = lease.revoke().await {
+                tracing::warn!(error = %e, number = number.number, "cannot release the node number; its claim expires by itself");
+            }
+        }
         tracing::info!(role = self.role.name(), "stopped");
         Ok(())
     }
@@ -597,6 +730,9 @@ impl RoleRunning {
     /// of it only when its leases expire.
     pub async fn kill(self) {
         let _ = self.stop_lease.send(true);
+        if let Some(number) = &self.number {
+            let _ = number.stop.send(true);
+        }
         let _ = self.stop_background.send(true);
         self.http_task.abort();
         if let Some(t) = &self.grpc_task {

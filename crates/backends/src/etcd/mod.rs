@@ -8,6 +8,10 @@
 //! project's "no services, no tools" standalone build must not need. Registration is one
 //! transaction (create the key only if absent), so two live nodes can never hold one id.
 //!
+//! Numbers (`claim_number`, the node number in message ids) are keys
+//! `{prefix}numbers/{scope}/{n}` (value: the holder's id) under a lease of their own, created
+//! in a transaction only if absent (or already the holder's).
+//!
 //! Every call opens its own connection, so a restarted etcd is simply reached again. A watch
 //! survives it too: its stream is reopened from the revision after the last event it passed on
 //! (etcd keeps registrations, leases and history on disk), so a watcher misses nothing.
@@ -21,7 +25,7 @@ use http_body_util::{BodyExt, Full};
 use roomcast_core::BoxFut;
 use roomcast_core::ids::NodeId;
 use roomcast_core::ports::{
-    Discovery, DiscoveryError, NodeEvent, NodeInfo, NodeLease, NodeRole, NodeWatch,
+    Discovery, DiscoveryError, NodeEvent, NodeInfo, NodeLease, NodeRole, NodeWatch, NumberClaim,
 };
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
@@ -273,6 +277,106 @@ impl Discovery for EtcdDiscovery {
 
     fn list(&self, role: NodeRole) -> BoxFut<'_, Result<Vec<NodeInfo>, DiscoveryError>> {
         Box::pin(async move { Ok(self.range(role).await?.0) })
+    }
+
+    fn claim_number<'a>(
+        &'a self,
+        scope: &'a str,
+        holder: &'a NodeId,
+        wanted: Option<u16>,
+        count: u16,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<NumberClaim, DiscoveryError>> {
+        Box::pin(async move {
+            let prefix = format!("{}numbers/{scope}/", self.prefix);
+            // Who holds what now (keys `{prefix}{n}`, value the holder's id).
+            let r = self
+                .post(
+                    "/v3/kv/range",
+                    json!({ "key": B64.encode(&prefix), "range_end": B64.encode(prefix_end(&prefix)) }),
+                )
+                .await?;
+            let mut held: std::collections::HashMap<u16, String> = Default::default();
+            for kv in r["kvs"].as_array().into_iter().flatten() {
+                let key = kv["key"]
+                    .as_str()
+                    .and_then(|k| B64.decode(k).ok())
+                    .and_then(|k| String::from_utf8(k).ok());
+                let n = key
+                    .as_deref()
+                    .and_then(|k| k.strip_prefix(&prefix))
+                    .and_then(|n| n.parse::<u16>().ok());
+                let v = kv["value"]
+                    .as_str()
+                    .and_then(|v| B64.decode(v).ok())
+                    .map(|v| String::from_utf8_lossy(&v).into_owned());
+                if let (Some(n), Some(v)) = (n, v) {
+                    held.insert(n, v);
+                }
+            }
+            let candidates: Vec<u16> = match wanted {
+                Some(n) if n < count => vec![n],
+                Some(_) => Vec::new(),
+                None => {
+                    // Our own claim first (a restart right after a crash), then free numbers.
+                    let mut c: Vec<u16> = held
+                        .iter()
+                        .filter(|(_, h)| h.as_str() == holder.as_str())
+                        .map(|(n, _)| *n)
+                        .collect();
+                    c.extend((0..count).filter(|n| !held.contains_key(n)));
+                    c
+                }
+            };
+            let secs = ttl.as_secs_f64().ceil().max(1.0) as u64;
+            let grant = self.post("/v3/lease/grant", json!({ "TTL": secs })).await?;
+            let lease = grant["ID"]
+                .as_str()
+                .ok_or_else(|| unavailable(format!("lease grant answered {grant}")))?
+                .to_owned();
+            let value = B64.encode(holder.as_str());
+            // A handful of tries: another node may take a free number between the read and
+            // the transaction.
+            for n in candidates.into_iter().take(16) {
+                let key = B64.encode(format!("{prefix}{n}"));
+                // Free, or held by this holder: put under the new lease.
+                let txn = self
+                    .post(
+                        "/v3/kv/txn",
+                        json!({
+                            "compare": [{ "key": key, "target": "CREATE", "result": "EQUAL", "create_revision": "0" }],
+                            "success": [{ "request_put": { "key": key, "value": value, "lease": lease } }],
+                        }),
+                    )
+                    .await?;
+                let mut ok = txn["succeeded"].as_bool() == Some(true);
+                if !ok {
+                    let txn = self
+                        .post(
+                            "/v3/kv/txn",
+                            json!({
+                                "compare": [{ "key": key, "target": "VALUE", "result": "EQUAL", "value": value }],
+                                "success": [{ "request_put": { "key": key, "value": value, "lease": lease } }],
+                            }),
+                        )
+                        .await?;
+                    ok = txn["succeeded"].as_bool() == Some(true);
+                }
+                if ok {
+                    return Ok((
+                        n,
+                        Box::new(EtcdLease {
+                            etcd: self.clone(),
+                            id: holder.clone(),
+                            lease,
+                            ttl: Duration::from_secs(secs),
+                        }) as Box<dyn NodeLease>,
+                    ));
+                }
+            }
+            let _ = self.post("/v3/lease/revoke", json!({ "ID": lease })).await;
+            Err(DiscoveryError::Taken(holder.clone()))
+        })
     }
 
     fn watch(&self, role: NodeRole) -> BoxFut<'_, Result<NodeWatch, DiscoveryError>> {

@@ -250,6 +250,23 @@ async fn mark_outbox_row_sent(
     Ok(gone)
 }
 
+/// A `room_chat_message` row selected as `msg_id, uid, content, created_at, epoch, seq, name,
+/// kind, payload`.
+fn row_msg(room: &str, r: &sqlx::mysql::MySqlRow) -> Result<RoomMsg, sqlx::Error> {
+    Ok(RoomMsg {
+        room_id: room.to_owned(),
+        msg_id: r.try_get(0)?,
+        user_id: r.try_get(1)?,
+        text: r.try_get(2)?,
+        ts: r.try_get::<i64, _>(3)? as u64,
+        epoch: r.try_get(4)?,
+        seq: r.try_get(5)?,
+        name: r.try_get(6)?,
+        kind: r.try_get(7)?,
+        payload: r.try_get(8)?,
+    })
+}
+
 async fn load(
     pool: &MySqlPool,
     room: &str,
@@ -274,20 +291,7 @@ async fn load(
     .map_err(unavailable)?;
     let mut recent = rows
         .iter()
-        .map(|r| {
-            Ok(RoomMsg {
-                room_id: room.to_owned(),
-                msg_id: r.try_get(0)?,
-                user_id: r.try_get(1)?,
-                text: r.try_get(2)?,
-                ts: r.try_get::<i64, _>(3)? as u64,
-                epoch: r.try_get(4)?,
-                seq: r.try_get(5)?,
-                name: r.try_get(6)?,
-                kind: r.try_get(7)?,
-                payload: r.try_get(8)?,
-            })
-        })
+        .map(|r| row_msg(room, r))
         .collect::<Result<Vec<_>, sqlx::Error>>()
         .map_err(unavailable)?;
     recent.reverse();
@@ -355,6 +359,34 @@ impl MessageStore for MysqlStore {
     ) -> BoxFut<'_, Result<Option<StoredRoom>, StoreError>> {
         let room = room.as_str().to_owned();
         Box::pin(async move { load(&self.pool, &room, limit).await })
+    }
+
+    fn read_after(
+        &self,
+        room: &RoomId,
+        epoch: u32,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<RoomMsg>, StoreError>> {
+        let room = room.as_str().to_owned();
+        Box::pin(async move {
+            let rows = query(
+                "SELECT msg_id, uid, content, created_at, epoch, seq, name, kind, payload
+                 FROM room_chat_message WHERE room_id = ? AND epoch = ? AND seq > ?
+                 ORDER BY seq LIMIT ?",
+            )
+            .bind(&room)
+            .bind(epoch)
+            .bind(after_seq)
+            .bind(limit as u64)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            rows.iter()
+                .map(|r| row_msg(&room, r))
+                .collect::<Result<Vec<_>, sqlx::Error>>()
+                .map_err(unavailable)
+        })
     }
 
     fn flush(&self) -> BoxFut<'_, Result<(), StoreError>> {

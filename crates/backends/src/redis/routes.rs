@@ -2,8 +2,11 @@
 //! with members in the room; each node's routes live under its lease `node:lease:{nodeId}` (a key
 //! with a TTL the node renews) and are indexed by `node:rooms:{nodeId}` so `drop_node` removes
 //! them in one call. `nodes` filters the set by live leases in one Lua script, so a crashed
-//! node's routes are invisible once its lease expires and are removed by the next `drop_node`
-//! (a sweeper or the node itself when it comes back).
+//! node's routes are invisible once its lease expires. `node:all` lists every node that took a
+//! lease: `collect_dead` deletes the routes of those whose lease is gone (every gateway runs it
+//! as it reconciles). `reconcile` re-asserts a node's whole route set in one script — the
+//! missing routes added, the stale ones removed, the lease renewed — so a lost write, a flush
+//! or a fail-over to a replica that lagged is repaired by the node's next renewal.
 //!
 //! Changes are published on `{prefix}routes` and reported to this process's watchers directly,
 //! before the call returns; a task forwards the other nodes' changes from the channel (after a
@@ -16,7 +19,7 @@ use futures_util::StreamExt;
 use redis::{AsyncCommands, Script};
 use roomcast_core::BoxFut;
 use roomcast_core::ids::{NodeId, RoomId};
-use roomcast_core::ports::{RouteChange, RouteError, RouteTable, RouteWatch};
+use roomcast_core::ports::{Reconciled, RouteChange, RouteError, RouteTable, RouteWatch};
 use tokio::sync::broadcast;
 
 use super::RedisConn;
@@ -30,12 +33,53 @@ end
 return out
 "#;
 
-/// KEYS: node's rooms index, room prefix, lease. ARGV: node. Returns how many rooms.
+/// KEYS: node's rooms index, room prefix, lease, the set of nodes. ARGV: node. Returns how many
+/// rooms.
 const DROP: &str = r#"
 local rooms = redis.call('SMEMBERS', KEYS[1])
 for _, r in ipairs(rooms) do redis.call('SREM', KEYS[2] .. r, ARGV[1]) end
 redis.call('DEL', KEYS[1], KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
 return #rooms
+"#;
+
+/// KEYS: node's rooms index, room prefix, lease, the set of nodes. ARGV: node, ttl ms, then the
+/// rooms the node has members in. Makes the node's routes exactly those rooms and renews the
+/// lease. Returns {added, removed}.
+const RECONCILE: &str = r#"
+local node = ARGV[1]
+local want = {}
+for i = 3, #ARGV do want[ARGV[i]] = true end
+local added, removed = 0, 0
+for _, r in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not want[r] then
+    removed = removed + redis.call('SREM', KEYS[2] .. r, node)
+    redis.call('SREM', KEYS[1], r)
+  end
+end
+for i = 3, #ARGV do
+  added = added + redis.call('SADD', KEYS[2] .. ARGV[i], node)
+  redis.call('SADD', KEYS[1], ARGV[i])
+end
+redis.call('SET', KEYS[3], '1', 'PX', ARGV[2])
+redis.call('SADD', KEYS[4], node)
+return {added, removed}
+"#;
+
+/// KEYS: the set of nodes, lease prefix, rooms-index prefix, room prefix. Deletes the routes of
+/// every node whose lease is gone. Returns those nodes.
+const COLLECT: &str = r#"
+local dead = {}
+for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', KEYS[2] .. n) == 0 then
+    local idx = KEYS[3] .. n
+    for _, r in ipairs(redis.call('SMEMBERS', idx)) do redis.call('SREM', KEYS[4] .. r, n) end
+    redis.call('DEL', idx)
+    redis.call('SREM', KEYS[1], n)
+    table.insert(dead, n)
+  end
+end
+return dead
 "#;
 
 pub struct RedisRouteTable {
@@ -45,6 +89,8 @@ pub struct RedisRouteTable {
     instance: String,
     live: Script,
     drop: Script,
+    reconcile: Script,
+    collect: Script,
     forwarder: tokio::task::JoinHandle<()>,
 }
 
@@ -71,6 +117,8 @@ impl RedisRouteTable {
             instance,
             live: Script::new(LIVE),
             drop: Script::new(DROP),
+            reconcile: Script::new(RECONCILE),
+            collect: Script::new(COLLECT),
             forwarder,
         }
     }
@@ -85,6 +133,11 @@ impl RedisRouteTable {
 
     fn index_key(&self, node: &NodeId) -> String {
         self.redis.key(&["node", "rooms", node.as_str()])
+    }
+
+    /// Every node that took a lease: where [`RouteTable::collect_dead`] looks for dead ones.
+    fn nodes_key(&self) -> String {
+        self.redis.key(&["node", "all"])
     }
 
     /// Reports a change here, then to the other nodes.
@@ -205,24 +258,79 @@ impl RouteTable for RedisRouteTable {
         })
     }
 
-    fn renew(&self, node: &NodeId, ttl: Duration) -> BoxFut<'_, Result<(), RouteError>> {
+    fn renew(&self, node: &NodeId, ttl: Duration) -> BoxFut<'_, Result<bool, RouteError>> {
         let node = node.clone();
         Box::pin(async move {
             let mut conn = self.redis.conn();
-            // SET … GET: whether the lease had run out (its routes become visible again).
-            let old: Option<String> = redis::cmd("SET")
+            // SET … GET: whether the lease had run out (its routes become visible again, or
+            // were lost with it: the caller reconciles).
+            let (old,): (Option<String>,) = redis::pipe()
+                .cmd("SET")
                 .arg(self.lease_key(&node))
                 .arg("1")
                 .arg("PX")
                 .arg(ttl.as_millis().max(1) as u64)
                 .arg("GET")
+                .cmd("SADD")
+                .arg(self.nodes_key())
+                .arg(node.as_str())
+                .ignore()
                 .query_async(&mut conn)
                 .await
                 .map_err(err)?;
-            if old.is_none() {
+            let lapsed = old.is_none();
+            if lapsed {
                 self.changed(RouteChange::Node(node)).await?;
             }
-            Ok(())
+            Ok(lapsed)
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        node: &'a NodeId,
+        rooms: &'a [RoomId],
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<Reconciled, RouteError>> {
+        Box::pin(async move {
+            let mut conn = self.redis.conn();
+            let mut call = self.reconcile.prepare_invoke();
+            call.key(self.index_key(node))
+                .key(self.redis.key(&["room", "subs", ""]))
+                .key(self.lease_key(node))
+                .key(self.nodes_key())
+                .arg(node.as_str())
+                .arg(ttl.as_millis().max(1) as u64);
+            for r in rooms {
+                call.arg(r.as_str());
+            }
+            let (added, removed): (usize, usize) =
+                call.invoke_async(&mut conn).await.map_err(err)?;
+            let done = Reconciled { added, removed };
+            if done != Reconciled::default() {
+                self.changed(RouteChange::Node(node.clone())).await?;
+            }
+            Ok(done)
+        })
+    }
+
+    fn collect_dead(&self) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>> {
+        Box::pin(async move {
+            let mut conn = self.redis.conn();
+            let dead: Vec<String> = self
+                .collect
+                .key(self.nodes_key())
+                .key(self.redis.key(&["node", "lease", ""]))
+                .key(self.redis.key(&["node", "rooms", ""]))
+                .key(self.redis.key(&["room", "subs", ""]))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(err)?;
+            let dead: Vec<NodeId> = dead.iter().map(|n| NodeId::new(n)).collect();
+            for n in &dead {
+                self.changed(RouteChange::Node(n.clone())).await?;
+            }
+            Ok(dead)
         })
     }
 
@@ -235,6 +343,7 @@ impl RouteTable for RedisRouteTable {
                 .key(self.index_key(&node))
                 .key(self.redis.key(&["room", "subs", ""]))
                 .key(self.lease_key(&node))
+                .key(self.nodes_key())
                 .arg(node.as_str())
                 .invoke_async(&mut conn)
                 .await

@@ -115,6 +115,11 @@ pub struct Gateway {
     /// unless a join comes first: room → the token of the pending removal.
     lingering: Mutex<HashMap<RoomId, u64>>,
     next_linger: AtomicU64,
+    /// A route write failed (or none was checked yet, at start): the next renewal reconciles
+    /// the whole route set.
+    routes_dirty: AtomicBool,
+    /// Lease renewals so far: every `route_reconcile_s` worth of them reconciles anyway.
+    renewals: AtomicU64,
 }
 
 impl Gateway {
@@ -142,6 +147,8 @@ impl Gateway {
             new_rooms: Mutex::new(limits::Bucket::new(&cfg.new_room_limit, 0)),
             lingering: Mutex::new(HashMap::new()),
             next_linger: AtomicU64::new(1),
+            routes_dirty: AtomicBool::new(true),
+            renewals: AtomicU64::new(0),
             cfg,
         })
     }
@@ -309,7 +316,8 @@ impl Gateway {
             if !kept {
                 self.deps.metrics.route_writes.inc();
                 if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
-                    tracing::error!(room = %room, error = %e, "cannot add route");
+                    self.route_write_failed();
+                    tracing::error!(room = %room, error = %e, "cannot add route; the next lease renewal repairs it");
                 }
             }
         }
@@ -354,13 +362,15 @@ impl Gateway {
     async fn remove_route(&self, room: &RoomId) {
         self.deps.metrics.route_writes.inc();
         if let Err(e) = self.deps.routes.remove(room, &self.deps.node).await {
-            tracing::error!(room = %room, error = %e, "cannot remove route");
+            self.route_write_failed();
+            tracing::error!(room = %room, error = %e, "cannot remove route; the next lease renewal repairs it");
         }
         // Someone may have joined while the route was being removed.
         if self.registry.members(room) > 0 {
             self.deps.metrics.route_writes.inc();
             if let Err(e) = self.deps.routes.add(room, &self.deps.node).await {
-                tracing::error!(room = %room, error = %e, "cannot restore route");
+                self.route_write_failed();
+                tracing::error!(room = %room, error = %e, "cannot restore route; the next lease renewal repairs it");
             }
         }
     }
@@ -370,16 +380,88 @@ impl Gateway {
         self.lingering.lock().len()
     }
 
+    fn route_write_failed(&self) {
+        self.deps.metrics.route_write_failures.inc();
+        self.routes_dirty.store(true, Relaxed);
+    }
+
     /// Starts or extends the lease on this node's routes (`route_lease_s`); the background
-    /// duties call it every third of the lease.
+    /// duties call it every third of the lease. Routes live in another service, so they are
+    /// re-asserted, not written once: the whole set is reconciled with the rooms this node has
+    /// members in (missing ones added, stale ones removed) when a route write failed since the
+    /// last reconciliation, when the lease had lapsed (expired, or lost with Redis's data), at
+    /// the first renewal (a restart with the same node id drops what the last run left), and
+    /// every `route_reconcile_s` anyway (a fail-over to a replica that lagged). Each
+    /// reconciliation also deletes dead nodes' routes.
     pub async fn renew_routes(&self) {
-        if let Err(e) = self
+        let ttl = self.cfg.route_lease();
+        let n = self.renewals.fetch_add(1, Relaxed);
+        let every = (self.cfg.route_reconcile_s.max(1) as u64 * 3)
+            .div_ceil(self.cfg.route_lease_s.max(1) as u64)
+            .max(1);
+        let mut due = self.routes_dirty.swap(false, Relaxed) || n % every == every - 1;
+        if !due {
+            match self.deps.routes.renew(&self.deps.node, ttl).await {
+                Ok(lapsed) => {
+                    if lapsed {
+                        tracing::warn!(node = %self.deps.node, "the route lease had lapsed; reconciling this node's routes");
+                    }
+                    due = lapsed;
+                }
+                Err(e) => {
+                    self.route_write_failed();
+                    tracing::error!(node = %self.deps.node, error = %e, "cannot renew the route lease");
+                    return;
+                }
+            }
+        }
+        if due {
+            self.reconcile_routes(ttl).await;
+        }
+    }
+
+    async fn reconcile_routes(&self, ttl: Duration) {
+        let mut rooms = self.registry.rooms();
+        // A lingering route stays until its removal is due.
+        rooms.extend(self.lingering.lock().keys().cloned());
+        rooms.sort();
+        rooms.dedup();
+        self.deps.metrics.route_reconciles.inc();
+        match self
             .deps
             .routes
-            .renew(&self.deps.node, self.cfg.route_lease())
+            .reconcile(&self.deps.node, &rooms, ttl)
             .await
         {
-            tracing::error!(node = %self.deps.node, error = %e, "cannot renew the route lease");
+            Ok(done) => {
+                let repaired = done.added + done.removed;
+                self.deps.metrics.route_repairs.add(repaired as u64);
+                if repaired > 0 {
+                    tracing::warn!(
+                        node = %self.deps.node,
+                        rooms = rooms.len(),
+                        added = done.added,
+                        removed = done.removed,
+                        "routes repaired"
+                    );
+                }
+            }
+            Err(e) => {
+                self.route_write_failed();
+                tracing::error!(node = %self.deps.node, error = %e, "cannot reconcile routes; trying again at the next renewal");
+                return;
+            }
+        }
+        match self.deps.routes.collect_dead().await {
+            Ok(dead) if !dead.is_empty() => {
+                self.deps
+                    .metrics
+                    .dead_nodes_collected
+                    .add(dead.len() as u64);
+                tracing::info!(nodes = ?dead, "routes of dead nodes deleted");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot delete dead nodes' routes"),
         }
     }
 

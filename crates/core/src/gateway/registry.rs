@@ -143,6 +143,14 @@ impl Registry {
         all
     }
 
+    /// Every local room with at least one member (in no particular order).
+    pub fn rooms(&self) -> Vec<RoomId> {
+        self.rooms
+            .iter()
+            .flat_map(|s| s.lock().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
     pub fn room_count(&self) -> usize {
         self.rooms.iter().map(|s| s.lock().len()).sum()
     }

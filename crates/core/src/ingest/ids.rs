@@ -15,7 +15,8 @@ const SEQ_BITS: u32 = 12;
 const NODE_BITS: u32 = 10;
 
 pub struct IdGenerator {
-    node: u64,
+    /// The node number (it changes only when a node lost its claim and took another).
+    node: AtomicU64,
     /// `(ms since ID_EPOCH << SEQ_BITS) | seq` of the last id.
     last: AtomicU64,
 }
@@ -23,9 +24,20 @@ pub struct IdGenerator {
 impl IdGenerator {
     pub fn new(node: u16) -> Self {
         IdGenerator {
-            node: node as u64 & ((1 << NODE_BITS) - 1),
+            node: AtomicU64::new(node as u64 & ((1 << NODE_BITS) - 1)),
             last: AtomicU64::new(0),
         }
+    }
+
+    /// The node number in the ids.
+    pub fn node(&self) -> u16 {
+        self.node.load(Ordering::Relaxed) as u16
+    }
+
+    /// Issues ids with another node number from now on (the node claimed a new one).
+    pub fn set_node(&self, node: u16) {
+        self.node
+            .store(node as u64 & ((1 << NODE_BITS) - 1), Ordering::Relaxed);
     }
 
     pub fn next(&self) -> MsgId {
@@ -46,7 +58,11 @@ impl IdGenerator {
                 Ok(_) => {
                     let ms = next >> SEQ_BITS;
                     let seq = next & ((1 << SEQ_BITS) - 1);
-                    return MsgId((ms << (NODE_BITS + SEQ_BITS)) | (self.node << SEQ_BITS) | seq);
+                    return MsgId(
+                        (ms << (NODE_BITS + SEQ_BITS))
+                            | (self.node.load(Ordering::Relaxed) << SEQ_BITS)
+                            | seq,
+                    );
                 }
                 Err(actual) => cur = actual,
             }

@@ -79,7 +79,7 @@ impl IngestService {
         metrics: Arc<Metrics>,
     ) -> Self {
         IngestService {
-            ids: Arc::new(IdGenerator::new(cfg.node_number)),
+            ids: Arc::new(IdGenerator::new(cfg.node_number.unwrap_or(0))),
             cfg,
             bus,
             limiter,

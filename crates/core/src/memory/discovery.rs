@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::BoxFut;
 use crate::ids::NodeId;
 use crate::ports::{
-    Discovery, DiscoveryError, NodeEvent, NodeInfo, NodeLease, NodeRole, NodeWatch,
+    Discovery, DiscoveryError, NodeEvent, NodeInfo, NodeLease, NodeRole, NodeWatch, NumberClaim,
 };
 
 const WATCH_CAPACITY: usize = 1024;
@@ -28,8 +28,16 @@ struct Entry {
     lease: u64,
 }
 
+struct Claim {
+    holder: NodeId,
+    until: Instant,
+    lease: u64,
+}
+
 struct Inner {
     nodes: Mutex<HashMap<NodeId, Entry>>,
+    /// `claim_number`: (scope, number) → its claim.
+    claims: Mutex<HashMap<(String, u16), Claim>>,
     events: broadcast::Sender<(NodeRole, NodeEvent)>,
     next_lease: std::sync::atomic::AtomicU64,
 }
@@ -50,6 +58,7 @@ impl Default for MemoryDiscovery {
         MemoryDiscovery {
             inner: Arc::new(Inner {
                 nodes: Mutex::new(HashMap::new()),
+                claims: Mutex::new(HashMap::new()),
                 events: broadcast::channel(WATCH_CAPACITY).0,
                 next_lease: std::sync::atomic::AtomicU64::new(1),
             }),
@@ -139,7 +148,89 @@ impl NodeLease for MemoryLease {
     }
 }
 
+/// A number claimed with [`Discovery::claim_number`].
+struct MemoryClaimLease {
+    inner: Arc<Inner>,
+    key: (String, u16),
+    holder: NodeId,
+    lease: u64,
+    ttl: Duration,
+}
+
+impl NodeLease for MemoryClaimLease {
+    fn keep_alive(&self) -> BoxFut<'_, Result<(), DiscoveryError>> {
+        let now = Instant::now();
+        let mut claims = self.inner.claims.lock();
+        let r = match claims.get_mut(&self.key) {
+            Some(c) if c.lease == self.lease && c.until > now => {
+                c.until = now + self.ttl;
+                Ok(())
+            }
+            _ => Err(DiscoveryError::Expired(self.holder.clone())),
+        };
+        ready(r)
+    }
+
+    fn revoke(&self) -> BoxFut<'_, Result<(), DiscoveryError>> {
+        let mut claims = self.inner.claims.lock();
+        if claims.get(&self.key).is_some_and(|c| c.lease == self.lease) {
+            claims.remove(&self.key);
+        }
+        ready(Ok(()))
+    }
+
+    fn keep_alive_every(&self) -> Duration {
+        self.ttl / 3
+    }
+}
+
 impl Discovery for MemoryDiscovery {
+    fn claim_number<'a>(
+        &'a self,
+        scope: &'a str,
+        holder: &'a NodeId,
+        wanted: Option<u16>,
+        count: u16,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<NumberClaim, DiscoveryError>> {
+        let now = Instant::now();
+        let lease = self
+            .inner
+            .next_lease
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut claims = self.inner.claims.lock();
+        let free = |n: u16| {
+            claims
+                .get(&(scope.to_owned(), n))
+                .is_none_or(|c| c.until <= now || c.holder == *holder)
+        };
+        let number = match wanted {
+            Some(n) if n < count && free(n) => n,
+            Some(_) => return ready(Err(DiscoveryError::Taken(holder.clone()))),
+            None => match (0..count).find(|&n| free(n)) {
+                Some(n) => n,
+                None => return ready(Err(DiscoveryError::Taken(holder.clone()))),
+            },
+        };
+        let key = (scope.to_owned(), number);
+        claims.insert(
+            key.clone(),
+            Claim {
+                holder: holder.clone(),
+                until: now + ttl,
+                lease,
+            },
+        );
+        let lease: Box<dyn NodeLease> = Box::new(MemoryClaimLease {
+            inner: self.inner.clone(),
+            key,
+            holder: holder.clone(),
+            lease,
+            ttl,
+        });
+        ready(Ok((number, lease)))
+    }
+
     fn register(
         &self,
         node: NodeInfo,

@@ -6,7 +6,7 @@
 //! to watchers through a bounded broadcast channel (a slow watcher gets `Lagged`). Time is
 //! tokio's clock, so tests can pause it. Locks are never held across an `.await`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::BoxFut;
 use crate::ids::{NodeId, RoomId};
-use crate::ports::{RouteChange, RouteError, RouteTable, RouteWatch};
+use crate::ports::{Reconciled, RouteChange, RouteError, RouteTable, RouteWatch};
 use crate::shard::Sharded;
 
 /// Changes a watcher may fall behind by before it gets `Lagged`.
@@ -147,7 +147,7 @@ impl RouteTable for MemoryRoutes {
         ready(Ok(nodes))
     }
 
-    fn renew(&self, node: &NodeId, ttl: Duration) -> BoxFut<'_, Result<(), RouteError>> {
+    fn renew(&self, node: &NodeId, ttl: Duration) -> BoxFut<'_, Result<bool, RouteError>> {
         let now = Instant::now();
         let revived = {
             let mut leases = self.leases.lock();
@@ -159,7 +159,46 @@ impl RouteTable for MemoryRoutes {
             // Routes it kept while its lease was out are visible again.
             self.notify(RouteChange::Node(node.clone()));
         }
-        ready(Ok(()))
+        ready(Ok(revived))
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        node: &'a NodeId,
+        rooms: &'a [RoomId],
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<Reconciled, RouteError>> {
+        let now = Instant::now();
+        self.leases.lock().insert(node.clone(), now + ttl);
+        let want: HashSet<&RoomId> = rooms.iter().collect();
+        let mut done = Reconciled::default();
+        for shard in self.rooms.iter() {
+            shard.lock().retain(|room, nodes| {
+                if !want.contains(room) {
+                    let before = nodes.len();
+                    nodes.retain(|x| x != node);
+                    done.removed += before - nodes.len();
+                }
+                !nodes.is_empty()
+            });
+        }
+        for room in rooms {
+            let mut shard = self.rooms.for_key(room).lock();
+            let nodes = shard.entry(room.clone()).or_default();
+            if !nodes.contains(node) {
+                nodes.push(node.clone());
+                nodes.sort();
+                done.added += 1;
+            }
+        }
+        if done != Reconciled::default() {
+            self.notify(RouteChange::Node(node.clone()));
+        }
+        ready(Ok(done))
+    }
+
+    fn collect_dead(&self) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>> {
+        ready(Ok(self.sweep()))
     }
 
     fn drop_node(&self, node: &NodeId) -> BoxFut<'_, Result<usize, RouteError>> {

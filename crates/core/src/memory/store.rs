@@ -76,6 +76,30 @@ impl MessageStore for MemoryStore {
         Box::pin(std::future::ready(Ok(found)))
     }
 
+    fn read_after(
+        &self,
+        room: &RoomId,
+        epoch: u32,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<RoomMsg>, StoreError>> {
+        let mut found: Vec<RoomMsg> = self
+            .rooms
+            .lock()
+            .get(room)
+            .map(|kept| {
+                kept.msgs
+                    .iter()
+                    .filter(|m| m.epoch == epoch && m.seq > after_seq)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort_by_key(|m| m.seq);
+        found.truncate(limit);
+        Box::pin(std::future::ready(Ok(found)))
+    }
+
     fn flush(&self) -> BoxFut<'_, Result<(), StoreError>> {
         Box::pin(std::future::ready(Ok(())))
     }

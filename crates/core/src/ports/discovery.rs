@@ -97,6 +97,9 @@ impl NodeWatch {
     }
 }
 
+/// A number claimed with [`Discovery::claim_number`] and the lease that keeps it.
+pub type NumberClaim = (u16, Box<dyn NodeLease>);
+
 /// `R23`: which nodes exist and where to reach them (etcd in the distributed mode: a key per
 /// node under a lease with keep-alive).
 pub trait Discovery: Send + Sync {
@@ -110,4 +113,18 @@ pub trait Discovery: Send + Sync {
     fn list(&self, role: NodeRole) -> BoxFut<'_, Result<Vec<NodeInfo>, DiscoveryError>>;
     /// Changes of a role's nodes (see [`NodeWatch`]).
     fn watch(&self, role: NodeRole) -> BoxFut<'_, Result<NodeWatch, DiscoveryError>>;
+    /// Claims a number in `0..count` within `scope` for `holder`, under a lease of its own
+    /// (`ttl`): `wanted` exactly, or else the lowest one no live claim holds. Two live claims
+    /// of a scope never hold one number; a holder's own live claim (a restart right after a
+    /// crash) is taken over. `Taken` when `wanted` is held by another holder, or every number
+    /// is. Message ids carry such a number (`ingest.node_number`), so two nodes left at the
+    /// defaults cannot issue the same id.
+    fn claim_number<'a>(
+        &'a self,
+        scope: &'a str,
+        holder: &'a NodeId,
+        wanted: Option<u16>,
+        count: u16,
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<NumberClaim, DiscoveryError>>;
 }

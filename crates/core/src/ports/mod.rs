@@ -31,7 +31,7 @@ pub use bus::{Bus, BusConsumer, BusError, BusEvent, BusRecord, Offset, Partition
 pub use control::{Command, Control, ControlError, ControlReport, ControlTarget, CriticalMsg};
 pub use delivery::{Delivery, DeliveryError, Written};
 pub use discovery::{
-    Discovery, DiscoveryError, NodeEvent, NodeInfo, NodeLease, NodeRole, NodeWatch,
+    Discovery, DiscoveryError, NodeEvent, NodeInfo, NodeLease, NodeRole, NodeWatch, NumberClaim,
 };
 pub use ingest::{Accepted, ChatRequest, Ingest, IngestError};
 pub use limits::{Limit, LimitError, Limited, RateLimiter};
@@ -39,5 +39,5 @@ pub use moderation::{Moderation, ModerationError, Sanction};
 pub use outbox::{NewOutboxRow, OutboxRow, OutboxStore};
 pub use presence::Presence;
 pub use recent::RecentMessages;
-pub use routes::{RouteChange, RouteError, RouteTable, RouteWatch};
+pub use routes::{Reconciled, RouteChange, RouteError, RouteTable, RouteWatch};
 pub use store::{MessageStore, StoreError, StoredRoom};

@@ -61,6 +61,15 @@ impl RouteWatch {
     }
 }
 
+/// What a [`RouteTable::reconcile`] repaired.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Routes that were missing (lost writes, a flushed or failed-over service).
+    pub added: usize,
+    /// Routes of rooms the node no longer has members in (left over from before a restart).
+    pub removed: usize,
+}
+
 /// `room:subs:{roomId}`: which gateway nodes have members of a room.
 ///
 /// Contract (every adapter): a node's routes are owned under the node's lease. [`nodes`]
@@ -81,7 +90,23 @@ pub trait RouteTable: Send + Sync {
     /// The room's nodes whose lease is alive, sorted.
     fn nodes(&self, room: &RoomId) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>>;
     /// Keeps the node's routes alive for `ttl` from now (a node renews every `ttl / 3`).
-    fn renew(&self, node: &NodeId, ttl: Duration) -> BoxFut<'_, Result<(), RouteError>>;
+    /// Returns whether the lease had lapsed (expired, never taken, or lost with the service's
+    /// data): the node's routes may be gone too, and it should [`reconcile`](Self::reconcile).
+    fn renew(&self, node: &NodeId, ttl: Duration) -> BoxFut<'_, Result<bool, RouteError>>;
+    /// Makes the node's routes exactly `rooms` — adds the missing ones, removes every other
+    /// route of the node — and renews its lease for `ttl`, in one step. State that lives in
+    /// another service is re-asserted, not written once: a gateway calls this after a failed
+    /// route write, when its lease had lapsed, and every so often. Changes are reported to
+    /// watchers (as [`RouteChange::Node`]) when anything was repaired.
+    fn reconcile<'a>(
+        &'a self,
+        node: &'a NodeId,
+        rooms: &'a [RoomId],
+        ttl: Duration,
+    ) -> BoxFut<'a, Result<Reconciled, RouteError>>;
+    /// Deletes the routes of every node whose lease has run out (crashed nodes: their routes
+    /// are invisible to [`nodes`](Self::nodes) already, this frees them). Returns those nodes.
+    fn collect_dead(&self) -> BoxFut<'_, Result<Vec<NodeId>, RouteError>>;
     /// Removes every route of the node and its lease; returns how many rooms it was in.
     fn drop_node(&self, node: &NodeId) -> BoxFut<'_, Result<usize, RouteError>>;
     /// Changes from now on.

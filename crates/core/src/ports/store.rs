@@ -49,6 +49,15 @@ pub trait MessageStore: Send + Sync {
         room: &RoomId,
         limit: usize,
     ) -> BoxFut<'_, Result<Option<StoredRoom>, StoreError>>;
+    /// The room's stored messages of `epoch` after `after_seq`, in `seq` order, at most
+    /// `limit`: recovery of a gap the recent messages cannot prove they cover.
+    fn read_after(
+        &self,
+        room: &RoomId,
+        epoch: u32,
+        after_seq: u64,
+        limit: usize,
+    ) -> BoxFut<'_, Result<Vec<RoomMsg>, StoreError>>;
     /// Waits until everything appended so far is durable.
     fn flush(&self) -> BoxFut<'_, Result<(), StoreError>>;
     /// Whether the previous run shut down cleanly (all its messages were written). When it did

@@ -53,8 +53,7 @@ impl Cluster {
         c.cluster.etcd_url = Some(etcd_url());
         c.cluster.etcd_prefix = format!("/rc-{}/", self.id);
         c.cluster.lease_ttl_s = 3;
-        // Ids made on different nodes never collide.
-        c.ingest.node_number = self.nodes;
+        // Ids made on different nodes never collide: each node claims its number in etcd.
         // Tests chat faster than people do.
         c.ingest.user_limit.rate = 1000.0;
         c.ingest.user_limit.burst = 1000.0;

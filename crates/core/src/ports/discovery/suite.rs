@@ -105,4 +105,73 @@ pub async fn discovery_suite(discovery: &dyn crate::ports::Discovery, ttl: std::
     lease2.revoke().await.expect("revoke");
     lease3.revoke().await.expect("revoke");
     assert!(list(NodeRole::Gateway).await.is_empty());
+    number_claims_are_unique(discovery, ttl).await;
+}
+
+/// `claim_number`: the lowest free number, never one a live claim holds; a wanted one or
+/// `Taken`; a holder takes its own live claim over; an expired or revoked claim frees it.
+pub async fn number_claims_are_unique(
+    discovery: &dyn crate::ports::Discovery,
+    ttl: std::time::Duration,
+) {
+    use crate::ports::DiscoveryError;
+    let p = unique("numbers");
+    let (a, b, c) = (node_id(&p, "a"), node_id(&p, "b"), node_id(&p, "c"));
+    let (na, la) = discovery
+        .claim_number(&p, &a, None, 3, ttl)
+        .await
+        .expect("claim");
+    let (nb, lb) = discovery
+        .claim_number(&p, &b, None, 3, ttl)
+        .await
+        .expect("claim");
+    assert_eq!((na, nb), (0, 1), "the lowest free numbers");
+    assert_eq!(
+        discovery
+            .claim_number(&p, &c, Some(1), 3, ttl)
+            .await
+            .err()
+            .expect("1 is b's"),
+        DiscoveryError::Taken(c.clone())
+    );
+    let (nc, lc) = discovery
+        .claim_number(&p, &c, Some(2), 3, ttl)
+        .await
+        .expect("2 is free");
+    assert_eq!(nc, 2);
+    assert!(
+        discovery
+            .claim_number(&p, &c, None, 3, ttl)
+            .await
+            .is_ok_and(|(n, _)| n == 2),
+        "a holder's own live claim is taken over"
+    );
+    let d = node_id(&p, "d");
+    assert!(
+        discovery.claim_number(&p, &d, None, 3, ttl).await.is_err(),
+        "all three are held"
+    );
+    lb.revoke().await.expect("revoke");
+    let (nd, ld) = discovery
+        .claim_number(&p, &d, None, 3, ttl)
+        .await
+        .expect("1 is free again");
+    assert_eq!(nd, 1);
+    // a keeps its claim alive, the others' run out.
+    for _ in 0..4 {
+        tokio::time::sleep(ttl / 3).await;
+        la.keep_alive().await.expect("keep alive");
+    }
+    assert_eq!(
+        ld.keep_alive().await,
+        Err(DiscoveryError::Expired(d.clone()))
+    );
+    let (n, l) = discovery
+        .claim_number(&p, &b, None, 3, ttl)
+        .await
+        .expect("expired claims free their numbers");
+    assert_eq!(n, 1);
+    for l in [la, l, lc] {
+        l.revoke().await.expect("revoke");
+    }
 }

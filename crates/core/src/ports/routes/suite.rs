@@ -10,6 +10,7 @@ pub async fn route_table_suite(routes: &dyn crate::ports::RouteTable, ttl: std::
     drop_node_removes_only_that_nodes_routes(routes, ttl).await;
     remove_touches_only_the_named_node(routes, ttl).await;
     watch_sees_adds_removes_and_drops(routes, ttl).await;
+    reconcile_repairs_and_dead_nodes_are_collected(routes, ttl).await;
 }
 
 pub async fn routes_need_a_live_lease(
@@ -174,4 +175,91 @@ pub async fn watch_sees_adds_removes_and_drops(
     assert_eq!(next().await, RouteChange::Room(r1.clone()));
     routes.drop_node(&a).await.expect("drop");
     assert_eq!(next().await, RouteChange::Node(a.clone()));
+}
+
+/// `renew` says when a lease had lapsed; `reconcile` makes a node's routes exactly its rooms
+/// (and tells watchers); `collect_dead` deletes the routes of nodes whose lease ran out, for
+/// good, and leaves live nodes alone.
+pub async fn reconcile_repairs_and_dead_nodes_are_collected(
+    routes: &dyn crate::ports::RouteTable,
+    ttl: std::time::Duration,
+) {
+    use crate::ports::{Reconciled, RouteChange};
+    let p = unique("reconcile");
+    let (r1, r2, r3) = (room_id(&p, "1"), room_id(&p, "2"), room_id(&p, "3"));
+    let (a, b) = (node_id(&p, "a"), node_id(&p, "b"));
+    assert!(
+        routes.renew(&a, ttl).await.expect("renew"),
+        "a lease never taken had lapsed"
+    );
+    assert!(
+        !routes.renew(&a, ttl).await.expect("renew"),
+        "a live lease had not"
+    );
+    routes.add(&r1, &a).await.expect("add");
+    routes.add(&r2, &a).await.expect("add");
+    let mut watch = routes.watch();
+    let done = routes
+        .reconcile(&a, &[r2.clone(), r3.clone()], ttl)
+        .await
+        .expect("reconcile");
+    assert_eq!(
+        done,
+        Reconciled {
+            added: 1,
+            removed: 1
+        },
+        "r3 was missing, r1 stale"
+    );
+    assert!(routes.nodes(&r1).await.expect("nodes").is_empty());
+    assert_eq!(routes.nodes(&r2).await.expect("nodes"), vec![a.clone()]);
+    assert_eq!(routes.nodes(&r3).await.expect("nodes"), vec![a.clone()]);
+    let mut told = false;
+    while let Some(c) = watch.try_next() {
+        told |= c == RouteChange::Node(a.clone()) || c == RouteChange::Lagged;
+    }
+    assert!(told, "watchers learn of a repair");
+    assert_eq!(
+        routes
+            .reconcile(&a, &[r3.clone(), r2.clone()], ttl)
+            .await
+            .expect("reconcile"),
+        Reconciled::default(),
+        "nothing left to repair"
+    );
+
+    // b dies (stops renewing) while a renews.
+    routes.renew(&b, ttl).await.expect("renew");
+    routes.add(&r2, &b).await.expect("add");
+    assert_eq!(
+        routes.nodes(&r2).await.expect("nodes"),
+        vec![a.clone(), b.clone()]
+    );
+    assert!(
+        !routes
+            .collect_dead()
+            .await
+            .expect("collect")
+            .iter()
+            .any(|n| *n == a || *n == b),
+        "both alive"
+    );
+    for _ in 0..4 {
+        tokio::time::sleep(ttl / 3).await;
+        routes.renew(&a, ttl).await.expect("renew");
+    }
+    let dead = routes.collect_dead().await.expect("collect");
+    assert!(dead.contains(&b), "b's lease ran out: {dead:?}");
+    assert!(!dead.contains(&a), "a renewed: {dead:?}");
+    assert!(
+        routes.renew(&b, ttl).await.expect("renew"),
+        "b's lease had lapsed"
+    );
+    assert_eq!(
+        routes.nodes(&r2).await.expect("nodes"),
+        vec![a.clone()],
+        "a collected node's routes are gone for good"
+    );
+    routes.drop_node(&a).await.expect("drop");
+    routes.drop_node(&b).await.expect("drop");
 }

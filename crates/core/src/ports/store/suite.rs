@@ -69,6 +69,28 @@ pub async fn message_store_suite(store: &dyn MessageStore) {
     let expected = batch("suite-a", 7, 5..=5);
     assert_eq!(room.recent[0], *expected.msgs[0]);
 
+    // Recovery past the recent messages: one epoch, after a seq, in order, capped.
+    let after = store.read_after(&a, 7, 2, 4).await.expect("read_after");
+    let seqs: Vec<u64> = after.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [3, 4, 5, 6], "after 2, at most 4, in seq order");
+    assert_eq!(after[3], *batch("suite-a", 7, 6..=6).msgs[0], "every field");
+    assert!(
+        store
+            .read_after(&a, 8, 0, 10)
+            .await
+            .expect("read_after")
+            .is_empty(),
+        "another epoch"
+    );
+    assert!(
+        store
+            .read_after(&a, 7, 8, 10)
+            .await
+            .expect("read_after")
+            .is_empty(),
+        "nothing after the last"
+    );
+
     let room = store
         .load_room(&b, 100)
         .await
