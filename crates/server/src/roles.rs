@@ -661,6 +661,11 @@ pub async fn start(role: Role, mut config: Config) -> anyhow::Result<RoleRunning
 }
 
 impl RoleRunning {
+    /// The node number in this node's message ids (gateway and ingest), claimed in etcd.
+    pub fn node_number(&self) -> Option<u16> {
+        self.number.as_ref().map(|n| n.number)
+    }
+
     /// Deregisters (no one calls this node any more), then stops in order: a gateway closes its
     /// clients with "going away" and drops its routes; a worker flushes, stores, commits and
     /// releases its partitions; the store is flushed last.

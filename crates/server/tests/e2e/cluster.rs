@@ -61,11 +61,11 @@ impl Cluster {
         c
     }
 
-    async fn start(&mut self, role: Role, node: &str) -> RoleRunning {
+    pub(crate) async fn start(&mut self, role: Role, node: &str) -> RoleRunning {
         self.start_with(role, node, |_| {}).await
     }
 
-    async fn start_with(
+    pub(crate) async fn start_with(
         &mut self,
         role: Role,
         node: &str,
@@ -79,7 +79,7 @@ impl Cluster {
     }
 }
 
-async fn client(gw: &RoleRunning, user: &str) -> Client {
+pub(crate) async fn client(gw: &RoleRunning, user: &str) -> Client {
     let mut c = Client::connect(
         &format!("ws://{}/ws", gw.addr),
         roomcast_proto::Wire::JsonText,

@@ -11,6 +11,7 @@ mod binary;
 mod cluster;
 mod deflate;
 mod failover;
+mod faults;
 mod history;
 mod hostile;
 mod kafka;
