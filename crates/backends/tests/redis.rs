@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use roomcast_backends::redis::{
     RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRecent,
-    RedisRouteTable,
+    RedisRoomCounts, RedisRouteTable,
 };
 use roomcast_core::ports::{Limit, LimitError, RateLimiter};
 use roomcast_core::{testkit, testkit_limits};
@@ -90,6 +90,13 @@ const TTL: Duration = Duration::from_millis(600);
 #[tokio::test]
 async fn route_table_passes_the_port_suite() {
     testkit::route_table_suite(&RedisRouteTable::new(conn().await), TTL).await;
+}
+
+#[tokio::test]
+async fn room_counts_pass_the_port_suite() {
+    let redis = conn().await;
+    let routes = RedisRouteTable::new(redis.clone());
+    testkit::room_counts_suite(&RedisRoomCounts::new(redis), Some((&routes, TTL))).await;
 }
 
 #[tokio::test]

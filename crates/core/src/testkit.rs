@@ -11,6 +11,7 @@ pub mod bus {
 pub use crate::ports::acks::suite::ack_store_suite;
 pub use crate::ports::bus::suite::{BusHarness, MemoryBusHarness, bus_suite};
 pub use crate::ports::discovery::suite::discovery_suite;
+pub use crate::ports::online::suite::room_counts_suite;
 pub use crate::ports::outbox::suite::outbox_store_suite;
 pub use crate::ports::presence::suite::presence_suite;
 pub use crate::ports::recent::suite::recent_messages_suite;

@@ -232,6 +232,7 @@ pub async fn start_with_handlers(
             presence: presence.clone(),
             moderation,
             acks: acks.clone(),
+            counts: Arc::new(roomcast_core::memory::MemoryRoomCounts::default()),
             metrics: metrics.clone(),
         },
         handlers,

@@ -27,7 +27,7 @@ use roomcast_backends::kafka::KafkaBus;
 use roomcast_backends::mysql::{MysqlOptions, MysqlOutbox, MysqlStore};
 use roomcast_backends::redis::{
     RedisAckStore, RedisConn, RedisModeration, RedisPresence, RedisRateLimiter, RedisRecent,
-    RedisRouteTable,
+    RedisRoomCounts, RedisRouteTable,
 };
 use roomcast_core::gateway::{Gateway, GatewayDeps, HandlerTable, RoutedControl};
 use roomcast_core::history::History;
@@ -455,6 +455,7 @@ pub async fn start(role: Role, mut config: Config) -> anyhow::Result<RoleRunning
                     presence: presence.clone(),
                     moderation: Arc::new(RedisModeration::new(redis.clone())),
                     acks: acks.clone(),
+                    counts: Arc::new(RedisRoomCounts::new(redis.clone())),
                     metrics: metrics.clone(),
                 },
                 HandlerTable::standard(),

@@ -20,6 +20,7 @@
 mod acks;
 mod limiter;
 mod moderation;
+mod online;
 mod presence;
 mod recent;
 mod routes;
@@ -29,6 +30,7 @@ use std::time::Duration;
 pub use acks::RedisAckStore;
 pub use limiter::RedisRateLimiter;
 pub use moderation::RedisModeration;
+pub use online::RedisRoomCounts;
 pub use presence::RedisPresence;
 pub use recent::RedisRecent;
 pub use routes::RedisRouteTable;

@@ -33,18 +33,21 @@ end
 return out
 "#;
 
-/// KEYS: node's rooms index, room prefix, lease, the set of nodes. ARGV: node. Returns how many
-/// rooms.
+/// KEYS: node's rooms index, room prefix, lease, the set of nodes, room-online prefix. ARGV:
+/// node. Returns how many rooms.
 const DROP: &str = r#"
 local rooms = redis.call('SMEMBERS', KEYS[1])
-for _, r in ipairs(rooms) do redis.call('SREM', KEYS[2] .. r, ARGV[1]) end
+for _, r in ipairs(rooms) do
+  redis.call('SREM', KEYS[2] .. r, ARGV[1])
+  redis.call('HDEL', KEYS[5] .. r, ARGV[1])
+end
 redis.call('DEL', KEYS[1], KEYS[3])
 redis.call('SREM', KEYS[4], ARGV[1])
 return #rooms
 "#;
 
-/// KEYS: node's rooms index, room prefix, lease, the set of nodes. ARGV: node, ttl ms, then the
-/// rooms the node has members in. Makes the node's routes exactly those rooms and renews the
+/// KEYS: node's rooms index, room prefix, lease, the set of nodes, room-online prefix. ARGV:
+/// node, ttl ms, then the rooms the node has members in (a removed room's count goes too). Makes the node's routes exactly those rooms and renews the
 /// lease. Returns {added, removed}.
 const RECONCILE: &str = r#"
 local node = ARGV[1]
@@ -55,6 +58,7 @@ for _, r in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if not want[r] then
     removed = removed + redis.call('SREM', KEYS[2] .. r, node)
     redis.call('SREM', KEYS[1], r)
+    redis.call('HDEL', KEYS[5] .. r, node)
   end
 end
 for i = 3, #ARGV do
@@ -66,14 +70,17 @@ redis.call('SADD', KEYS[4], node)
 return {added, removed}
 "#;
 
-/// KEYS: the set of nodes, lease prefix, rooms-index prefix, room prefix. Deletes the routes of
-/// every node whose lease is gone. Returns those nodes.
+/// KEYS: the set of nodes, lease prefix, rooms-index prefix, room prefix, room-online prefix.
+/// Deletes the routes (and room counts) of every node whose lease is gone. Returns those nodes.
 const COLLECT: &str = r#"
 local dead = {}
 for _, n in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if redis.call('EXISTS', KEYS[2] .. n) == 0 then
     local idx = KEYS[3] .. n
-    for _, r in ipairs(redis.call('SMEMBERS', idx)) do redis.call('SREM', KEYS[4] .. r, n) end
+    for _, r in ipairs(redis.call('SMEMBERS', idx)) do
+      redis.call('SREM', KEYS[4] .. r, n)
+      redis.call('HDEL', KEYS[5] .. r, n)
+    end
     redis.call('DEL', idx)
     redis.call('SREM', KEYS[1], n)
     table.insert(dead, n)
@@ -299,6 +306,7 @@ impl RouteTable for RedisRouteTable {
                 .key(self.redis.key(&["room", "subs", ""]))
                 .key(self.lease_key(node))
                 .key(self.nodes_key())
+                .key(self.redis.key(&["room", "online", ""]))
                 .arg(node.as_str())
                 .arg(ttl.as_millis().max(1) as u64);
             for r in rooms {
@@ -323,6 +331,7 @@ impl RouteTable for RedisRouteTable {
                 .key(self.redis.key(&["node", "lease", ""]))
                 .key(self.redis.key(&["node", "rooms", ""]))
                 .key(self.redis.key(&["room", "subs", ""]))
+                .key(self.redis.key(&["room", "online", ""]))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(err)?;
@@ -344,6 +353,7 @@ impl RouteTable for RedisRouteTable {
                 .key(self.redis.key(&["room", "subs", ""]))
                 .key(self.lease_key(&node))
                 .key(self.nodes_key())
+                .key(self.redis.key(&["room", "online", ""]))
                 .arg(node.as_str())
                 .invoke_async(&mut conn)
                 .await

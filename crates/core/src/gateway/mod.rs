@@ -15,6 +15,7 @@ pub mod conn;
 mod control;
 mod critical;
 pub mod limits;
+mod online;
 pub mod outgoing;
 pub mod registry;
 pub mod session;
@@ -60,6 +61,8 @@ pub struct GatewayDeps {
     pub presence: Arc<dyn Presence>,
     pub moderation: Arc<dyn Moderation>,
     pub acks: Arc<dyn crate::ports::AckStore>,
+    /// Room-wide online counts (per-node counts summed).
+    pub counts: Arc<dyn crate::ports::RoomCounts>,
     pub metrics: Arc<Metrics>,
 }
 
@@ -99,6 +102,9 @@ pub struct Gateway {
     next_conn: AtomicU64,
     conn_count: AtomicUsize,
     online_dirty: Mutex<HashSet<RoomId>>,
+    online: online::OnlineState,
+    /// An online refresh is running (one at a time, in its own task).
+    online_refreshing: AtomicBool,
     started: std::time::Instant,
     shutting_down: AtomicBool,
     /// Notified when the last connection ends.
@@ -137,6 +143,8 @@ impl Gateway {
             next_conn: AtomicU64::new(1),
             conn_count: AtomicUsize::new(0),
             online_dirty: Mutex::new(HashSet::new()),
+            online: online::OnlineState::default(),
+            online_refreshing: AtomicBool::new(false),
             started: std::time::Instant::now(),
             shutting_down: AtomicBool::new(false),
             all_closed: tokio::sync::Notify::new(),
@@ -434,6 +442,8 @@ impl Gateway {
             .await
         {
             Ok(done) => {
+                // Counts live beside the routes: re-asserted with them.
+                self.report_all_counts().await;
                 let repaired = done.added + done.removed;
                 self.deps.metrics.route_repairs.add(repaired as u64);
                 if repaired > 0 {
@@ -902,21 +912,6 @@ impl Gateway {
                 );
             } else if conn.behind_too_long(slow) {
                 self.drop_slow(&conn);
-            }
-        }
-    }
-
-    fn push_online(self: &Arc<Self>) {
-        let dirty: Vec<RoomId> = std::mem::take(&mut *self.online_dirty.lock())
-            .into_iter()
-            .collect();
-        for room in dirty {
-            let count = self.registry.members(&room);
-            if count > 0 {
-                self.publish(
-                    &room,
-                    Arc::new(Outgoing::online(room.clone(), count as u64)),
-                );
             }
         }
     }

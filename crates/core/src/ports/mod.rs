@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod ingest;
 pub mod limits;
 pub mod moderation;
+pub mod online;
 pub mod outbox;
 pub mod presence;
 pub mod recent;
@@ -36,6 +37,7 @@ pub use discovery::{
 pub use ingest::{Accepted, ChatRequest, Ingest, IngestError};
 pub use limits::{Limit, LimitError, Limited, RateLimiter};
 pub use moderation::{Moderation, ModerationError, Sanction};
+pub use online::RoomCounts;
 pub use outbox::{NewOutboxRow, OutboxRow, OutboxStore};
 pub use presence::Presence;
 pub use recent::RecentMessages;

@@ -43,8 +43,9 @@ pub(super) async fn top_rooms(
         .gateway
         .top_rooms(n)
         .into_iter()
-        .map(|(room, online)| {
-            json!({ "room_id": room.as_str(), "online": online, "hot_level": hot_level(online) })
+        .map(|(room, _)| {
+            let online = s.gateway.room_online(&room);
+            json!({ "room_id": room.as_str(), "online": online, "hot_level": hot_level(online as usize) })
         })
         .collect();
     Json(json!({ "rooms": rooms })).into_response()
@@ -55,7 +56,7 @@ pub(super) async fn room_info(State(s): St, Path(room): Path<String>) -> Respons
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let online = s.gateway.room_members(&room);
+    let online = s.gateway.room_online(&room);
     let nodes = match s.gateway.deps().routes.nodes(&room).await {
         Ok(n) => n,
         Err(e) => return unavailable(e).into_response(),
@@ -65,7 +66,7 @@ pub(super) async fn room_info(State(s): St, Path(room): Path<String>) -> Respons
         "room_id": room.as_str(),
         "online": online,
         "nodes": nodes,
-        "hot_level": hot_level(online),
+        "hot_level": hot_level(online as usize),
     }))
     .into_response()
 }

@@ -492,3 +492,65 @@ async fn an_outbox_row_written_on_one_gateway_reaches_the_room_on_the_other() {
     }
     cl.db.drop_it().await;
 }
+
+/// Waits for an `online` push of the room with count `n`; the counts on the way are skipped.
+async fn sees_online(c: &mut Client, n: u64, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let p = tokio::time::timeout_at(deadline, c.expect("online"))
+            .await
+            .unwrap_or_else(|_| panic!("no online count of {n} within {within:?}"));
+        if p.body["count"] == n {
+            return;
+        }
+    }
+}
+
+/// B2: `join_ok.online`, the `online` pushes and the room API count the room's connections
+/// over every gateway, not each gateway's own: 3 viewers on a and 2 on b all see 5, and 4 once
+/// one leaves. The count reaches the other gateway within two `online_push_interval_ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_online_count_is_the_rooms_over_every_gateway() {
+    let mut cl = Cluster::new().await;
+    let ingest = cl.start(Role::Ingest, "ingest1").await;
+    let worker = cl.start(Role::Worker, "worker1").await;
+    let a = cl.start(Role::Gateway, "gw-a").await;
+    let b = cl.start(Role::Gateway, "gw-b").await;
+    let mut viewers = Vec::new();
+    for (i, gw) in [&a, &a, &a, &b, &b].into_iter().enumerate() {
+        let mut c = client(gw, &format!("viewer{i}")).await;
+        c.join("crowd").await;
+        viewers.push(c);
+    }
+    // Two refresh intervals (1 s each); the rest is scheduling on a loaded 2-core machine.
+    let within = std::time::Duration::from_millis(2500);
+    let start = std::time::Instant::now();
+    for v in &mut viewers {
+        sees_online(v, 5, within).await;
+    }
+    eprintln!(
+        "room-wide online count of 5 seen by all {:?} after the last join",
+        start.elapsed()
+    );
+    let late = client(&b, "late").await;
+    let mut late = late;
+    let joined = late.join("crowd").await;
+    assert_eq!(
+        joined.body["online"], 6,
+        "join_ok counts every gateway: {joined:?}"
+    );
+    late.close().await;
+    viewers.remove(0).close().await;
+    let start = std::time::Instant::now();
+    for v in &mut viewers {
+        sees_online(v, 4, within).await;
+    }
+    eprintln!("a leave seen by all {:?} after it", start.elapsed());
+    let (status, info) = api(&b, "GET", "/rooms/crowd", serde_json::Value::Null).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["online"], 4, "{info}");
+    for r in [a, b, worker, ingest] {
+        r.shutdown().await.expect("clean shutdown");
+    }
+    cl.db.drop_it().await;
+}

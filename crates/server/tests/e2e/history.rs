@@ -66,6 +66,7 @@ async fn recovery_from_a_since_point() {
         unlimited(c);
         c.history.max_count = 10;
         c.history.default_count = 4;
+        c.history.recover_max_count = 20;
     })
     .await;
     let mut writer = s.client("w").await;
@@ -101,11 +102,30 @@ async fn recovery_from_a_since_point() {
         "exactly what was missed"
     );
 
-    // Too old: the window holds 10 messages; after 20 more, seq 3 is gone.
-    for i in 8..=27 {
+    // Older than the ring (10 messages): the store has it.
+    for i in 8..=20 {
         writer.chat("rec", &format!("m{i}")).await;
     }
-    writer.room_msgs(20).await;
+    writer.room_msgs(13).await;
+    let mut mid = s.client("mid").await;
+    let p = mid
+        .call(
+            Op::Join,
+            json!({ "room_id": "rec", "since": { "epoch": epoch, "seq": last_seen } }),
+        )
+        .await;
+    assert_eq!(p.body["recovered"], true, "{p:?}");
+    assert_eq!(
+        texts(&p.body["history"]),
+        (4..=20).map(|i| format!("m{i}")).collect::<Vec<_>>(),
+        "from the store and the ring, nothing missing"
+    );
+
+    // Too old: a recovery returns at most recover_max_count (20); 24 were missed.
+    for i in 21..=27 {
+        writer.chat("rec", &format!("m{i}")).await;
+    }
+    writer.room_msgs(7).await;
     let mut late = s.client("late").await;
     let p = late
         .call(

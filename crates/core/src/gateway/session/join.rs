@@ -53,12 +53,12 @@ impl Handler for JoinHandler {
             }
             // Member first, history second: a message flushed in between shows up in both
             // (clients drop duplicates by seq), never in neither.
-            let online = if already {
-                cx.gw.room_members(&room)
-            } else {
+            if !already {
                 cx.session.rooms.push(room.clone());
-                cx.gw.join_room(&room, cx.conn).await
-            };
+                cx.gw.join_room(&room, cx.conn).await;
+            }
+            // Room-wide: this node's members and the other nodes' as last read.
+            let online = cx.gw.room_online(&room);
             let query = HistoryQuery {
                 limit: join.history,
                 since: join.since.clone(),
@@ -81,7 +81,7 @@ impl Handler for JoinHandler {
             };
             let reply = body::JoinOk {
                 room_id: room.as_str().to_owned(),
-                online: online as u64,
+                online,
                 epoch: page.epoch,
                 recovered: page.recovered,
                 history: page.msgs.iter().map(|m| (**m).clone()).collect(),
